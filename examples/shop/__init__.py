@@ -1,0 +1,1 @@
+"""A small FastAPI + SQLAlchemy shop, the service otel-dist is demonstrated and tested on."""

@@ -1,0 +1,78 @@
+"""The zero-code way in: entry points loaded by ``opentelemetry-instrument``.
+
+``opentelemetry-instrument`` loads one distro, then only the *first* configurator, then every
+instrumentor through the distro. Our distro makes sure our configurator is the one chosen, and
+skips the contrib instrumentors whose job ``configure_from_launcher()`` does itself (FastAPI,
+SQLAlchemy, logging, structlog, httpx, runtime metrics) so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
+from typing import Any
+
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _BaseConfigurator
+
+_log = logging.getLogger("otel_dist.internal")
+NAME = "otel_dist"
+# Contrib instrumentors replaced by our own code path (see telemetry.py).
+HANDLED_BY_OTEL_DIST = frozenset(
+    {"fastapi", "starlette", "asgi", "sqlalchemy", "logging", "structlog", "httpx",
+     "system_metrics"}
+)
+
+
+def conflicts() -> list[str]:
+    """Other distros/configurators installed beside ours, each with what to set."""
+    found: list[str] = []
+    for group, variable in (
+        ("opentelemetry_distro", "OTEL_PYTHON_DISTRO"),
+        ("opentelemetry_configurator", "OTEL_PYTHON_CONFIGURATOR"),
+    ):
+        others = [ep.name for ep in entry_points(group=group) if ep.name != NAME]
+        if others and os.environ.get(variable) != NAME:
+            found.append(
+                f"{group} entry point(s) {', '.join(sorted(others))} installed beside otel_dist: "
+                f"set {variable}={NAME} (or uninstall them)"
+            )
+    try:
+        found.append(
+            f"opentelemetry-distro {version('opentelemetry-distro')} is installed: otel-dist "
+            "replaces it; uninstall it or set OTEL_PYTHON_DISTRO=otel_dist and "
+            "OTEL_PYTHON_CONFIGURATOR=otel_dist"
+        )
+    except PackageNotFoundError:
+        pass
+    return found
+
+
+class OtelDistro(BaseDistro):  # type: ignore[misc]
+    """Chooses our configurator and skips the instrumentors we replace."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        del kwargs
+        # Read by the launcher right after this method: with several configurators installed,
+        # ours must win, or the app would get someone else's providers and none of our features.
+        os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", NAME)
+        for conflict in conflicts():
+            _log.warning("otel-dist: %s", conflict)
+
+    def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
+        """Load an instrumentor unless otel-dist already does its job."""
+        if entry_point.name in HANDLED_BY_OTEL_DIST:
+            _log.debug("otel-dist: %s is handled by otel-dist itself", entry_point.name)
+            return
+        super().load_instrumentor(entry_point, **kwargs)
+
+
+class OtelConfigurator(_BaseConfigurator):  # type: ignore[misc]
+    """Builds the SDK and instruments through the same code as ``configure()``."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        del kwargs
+        from otel_dist.telemetry import configure_from_launcher  # noqa: PLC0415
+
+        configure_from_launcher()

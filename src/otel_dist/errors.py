@@ -1,0 +1,140 @@
+"""Error responses that carry the trace id and request id, without breaking an app's contract.
+
+Default (``detail``): the exact bodies FastAPI clients already parse (``{"detail": ...}``, same
+status, same content type) plus ``trace_id`` and ``request_id`` members. ``problem``: RFC 9457
+``application/problem+json`` with the same two members. A 500 never shows the exception unless
+``debug_errors`` is on. Only FastAPI's *default* handlers are replaced: an app's own handlers stay,
+and can add the ids with one call to ``error_ids()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi import exception_handlers as fastapi_defaults
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.utils import is_body_allowed_for_status_code
+from opentelemetry import trace
+from opentelemetry.trace import format_trace_id
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from otel_dist import request_id
+from otel_dist.settings import Settings
+
+PROBLEM_JSON = "application/problem+json"
+# The app-facing logger for unhandled exceptions: its records carry the trace context, reach the
+# app's own log handlers (stdout) and the OTLP log export.
+error_log = logging.getLogger("otel_dist.errors")
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+def error_ids(request: Request | None = None) -> dict[str, str]:
+    """``{"trace_id": ..., "request_id": ...}`` for the request being handled.
+
+    Use it in your own exception handlers: ``JSONResponse({"detail": ..., **error_ids()})``.
+    Members are omitted when unknown (no valid span, no request id).
+    """
+    ids: dict[str, str] = {}
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        ids["trace_id"] = format_trace_id(context.trace_id)
+    rid = request_id.current_request_id()
+    if rid is None and request is not None:
+        rid = request.scope.get("state", {}).get("request_id")
+    if rid is not None:
+        ids["request_id"] = rid
+    return ids
+
+
+class _ErrorBodies:
+    """Builds the bodies for one settings object (format and debug chosen once)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.problem = settings.error_format == "problem"
+        self.debug = settings.debug_errors
+
+    def respond(
+        self,
+        request: Request,
+        status: int,
+        detail: Any,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Response:
+        ids = error_ids(request)
+        if not self.problem:
+            body = {"detail": detail, **(extra or {}), **ids}
+            return JSONResponse(body, status_code=status, headers=headers)
+        body = {
+            "type": "about:blank",
+            "title": _phrase(status),
+            "status": status,
+            "instance": request.url.path,
+            **({"detail": detail} if isinstance(detail, str) else {}),
+            **(extra or {}),
+            **ids,
+        }
+        return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+    async def http_exception(self, request: Request, exc: HTTPException) -> Response:
+        headers = getattr(exc, "headers", None)
+        if not is_body_allowed_for_status_code(exc.status_code):
+            return Response(status_code=exc.status_code, headers=headers)
+        return self.respond(request, exc.status_code, exc.detail, headers)
+
+    async def validation(self, request: Request, exc: RequestValidationError) -> Response:
+        errors = jsonable_encoder(exc.errors())
+        if not self.problem:
+            return self.respond(request, 422, errors)
+        # Problem bodies drop pydantic's "input": it echoes what the client sent (passwords).
+        cleaned = [{k: v for k, v in e.items() if k != "input"} for e in errors]
+        return self.respond(request, 422, "Request validation failed", extra={"errors": cleaned})
+
+    async def unhandled(self, request: Request, exc: Exception) -> Response:
+        error_log.error(
+            "unhandled exception: %s %s", request.method, request.url.path, exc_info=exc
+        )
+        extra: dict[str, Any] = {}
+        if self.debug:
+            extra["exception"] = f"{type(exc).__name__}: {exc}"
+            extra["traceback"] = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        return self.respond(request, 500, "Internal Server Error", extra=extra)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install_error_handlers(app: FastAPI, settings: Settings) -> list[str]:
+    """Replace FastAPI's default handlers with id-carrying ones; keep the app's own.
+
+    Returns the names of the handlers installed (for doctor and logs).
+    """
+    bodies = _ErrorBodies(settings)
+    installed: list[str] = []
+    handlers = app.exception_handlers
+    if handlers.get(HTTPException) in (None, fastapi_defaults.http_exception_handler):
+        handlers[HTTPException] = bodies.http_exception
+        installed.append("HTTPException")
+    if handlers.get(RequestValidationError) in (
+        None,
+        fastapi_defaults.request_validation_exception_handler,
+    ):
+        handlers[RequestValidationError] = bodies.validation
+        installed.append("RequestValidationError")
+    if 500 not in handlers and Exception not in handlers:
+        handlers[Exception] = bodies.unhandled
+        installed.append("Exception")
+    return installed

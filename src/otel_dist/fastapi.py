@@ -1,0 +1,176 @@
+"""FastAPI: one server span per request, from FastAPI's native telemetry or the contrib middleware.
+
+FastAPI 0.165+ ships OpenTelemetry telemetry of its own that is about twice as cheap as the
+contrib middleware; it steps aside when it finds the contrib middleware in the stack. We pick one
+(``http_instrumentation``: auto/native/contrib), never both, and add our middleware and error
+handlers to every app: the apps passed to ``configure(app=...)`` and, through a hook on
+``FastAPI.__init__``, every app created afterwards (the zero-code path).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import fastapi
+
+from otel_dist.errors import install_error_handlers
+from otel_dist.middleware import TelemetryMiddleware, insert_inside_server_span
+from otel_dist.sdk import Providers
+from otel_dist.settings import Settings
+
+_log = logging.getLogger("otel_dist.internal")
+_MARK = "_otel_dist_instrumented"
+
+
+def native_telemetry_available() -> bool:
+    """True when the installed FastAPI has native OpenTelemetry telemetry."""
+    try:
+        import fastapi.telemetry  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def chosen_mode(settings: Settings) -> str:
+    """``native`` or ``contrib``, from the settings and the installed FastAPI."""
+    if settings.http_instrumentation == "contrib":
+        return "contrib"
+    available = native_telemetry_available()
+    if settings.http_instrumentation == "native" and not available:
+        _log.warning(
+            "otel-dist: OTEL_DIST_HTTP_INSTRUMENTATION=native but FastAPI %s has no native "
+            "telemetry; using the contrib middleware",
+            fastapi.__version__,
+        )
+    return "native" if available else "contrib"
+
+
+def excluded_predicate(patterns: tuple[str, ...]) -> Callable[[MutableMapping[str, Any]], bool]:
+    """A scope predicate that is True for paths matching any excluded-URL regex."""
+    if not patterns:
+        return lambda scope: False
+    combined = re.compile("|".join(f"(?:{p})" for p in patterns))
+    cache: dict[str, bool] = {}
+
+    def excluded(scope: MutableMapping[str, Any]) -> bool:
+        path = scope.get("path", "")
+        hit = cache.get(path)
+        if hit is None:
+            hit = combined.search(path) is not None
+            # Bounded: 10,000 distinct scanner paths must not grow memory without limit.
+            if len(cache) < 1024:
+                cache[path] = hit
+        return hit
+
+    return excluded
+
+
+def contrib_url_patterns(patterns: tuple[str, ...]) -> list[str]:
+    """Our path regexes rewritten for the contrib middleware, which searches the full URL.
+
+    ``^/healthz$`` must still match ``http://host:8000/healthz?probe=1``.
+    """
+    rewritten = []
+    for pattern in patterns:
+        if pattern.startswith("^"):
+            pattern = r"^[a-z]+://[^/?#]+" + pattern[1:]
+        if pattern.endswith("$") and not pattern.endswith(r"\$"):
+            pattern = pattern[:-1] + r"(?:\?.*)?$"
+        rewritten.append(pattern)
+    return rewritten
+
+
+@dataclass
+class FastAPIInstrumentation:
+    """Instruments FastAPI apps with the providers and settings chosen at configure time."""
+
+    settings: Settings
+    providers: Providers
+    mode: str
+    _original_init: Any = None
+
+    def instrument_app(self, app: fastapi.FastAPI) -> None:
+        """Add the server span source, our middleware and error handlers to ``app`` (once)."""
+        if getattr(app, _MARK, False):
+            return
+        setattr(app, _MARK, True)
+        if self.mode == "native":
+            self._configure_native(app)
+        else:
+            self._instrument_contrib(app)
+        self._wrap_middleware_stack(app)
+        install_error_handlers(app, self.settings)
+
+    def _configure_native(self, app: fastapi.FastAPI) -> None:
+        telemetry: dict[str, Any] = app._telemetry  # type: ignore[attr-defined]
+        providers = self.providers
+        telemetry.update(
+            tracer_provider=providers.tracer_provider,
+            meter_provider=providers.meter_provider,
+            logger_provider=providers.logger_provider,
+            tracing=providers.tracer_provider is not None,
+            metrics=providers.meter_provider is not None,
+            # Our error handler logs unhandled exceptions with the trace context; FastAPI's
+            # own exception log records would duplicate them in the log backend.
+            logs=False,
+            # Dependency/endpoint/serialization spans double the cost of a request.
+            operation_spans=False,
+            exclude=excluded_predicate(self.settings.excluded_urls),
+        )
+
+    def _instrument_contrib(self, app: fastapi.FastAPI) -> None:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
+
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=self.providers.tracer_provider,
+            meter_provider=self.providers.meter_provider,
+            excluded_urls=",".join(contrib_url_patterns(self.settings.excluded_urls)),
+            exclude_spans=["receive", "send"],
+        )
+
+    def _wrap_middleware_stack(self, app: fastapi.FastAPI) -> None:
+        original = app.build_middleware_stack
+        settings = self.settings
+
+        def make(inner: Any) -> TelemetryMiddleware:
+            return TelemetryMiddleware(
+                inner,
+                request_id_header=settings.request_id_header,
+                trace_headers=settings.response_trace_headers,
+            )
+
+        def build_middleware_stack() -> Any:
+            return insert_inside_server_span(original(), make)
+
+        app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
+        if app.middleware_stack is not None:
+            # The app already served a request: rebuild so the change takes effect.
+            app.middleware_stack = app.build_middleware_stack()
+
+    def hook_new_apps(self) -> None:
+        """Instrument every FastAPI app created from now on (the zero-code path)."""
+        if self._original_init is not None:
+            return
+        original_init = fastapi.FastAPI.__init__
+        instrumentation = self
+
+        def init(app: fastapi.FastAPI, *args: Any, **kwargs: Any) -> None:
+            original_init(app, *args, **kwargs)
+            try:
+                instrumentation.instrument_app(app)
+            except Exception:
+                _log.exception("otel-dist: could not instrument a FastAPI app; it runs untraced")
+
+        self._original_init = original_init
+        fastapi.FastAPI.__init__ = init  # type: ignore[method-assign]
+
+    def unhook(self) -> None:
+        """Stop instrumenting new apps."""
+        if self._original_init is not None:
+            fastapi.FastAPI.__init__ = self._original_init  # type: ignore[method-assign]
+            self._original_init = None

@@ -1,0 +1,536 @@
+"""Trace ids in every log line, secrets out of it, and OTLP export for structlog and stdlib logs.
+
+``install_log_correlation`` changes three things, all undone by ``LogCorrelation.uninstall``:
+
+* **structlog**: ``inject_trace_ids`` (and, with a logger provider, the contrib
+  ``StructlogProcessor`` right after it) is inserted into the current processor chain just before
+  the last processor, which is assumed to be the renderer (``JSONRenderer``, ``ConsoleRenderer``,
+  ``ProcessorFormatter.wrap_for_formatter``...). ``structlog.configure``, ``configure_once`` and
+  ``reset_defaults`` are wrapped so a later call by the app keeps them there, exactly once.
+* **stdlib logging**: a LogRecord factory adds ``trace_id``, ``span_id``, ``trace_flags``,
+  ``service_name`` and ``request_id`` (empty strings when absent, so ``%(trace_id)s`` never fails)
+  and scrubs the message, its string arguments and the traceback (pre-rendered into ``exc_text``).
+  ``Logger.makeRecord`` is wrapped to scrub ``extra=`` and so that an app passing one of those
+  names in ``extra=`` keeps its value instead of getting the stdlib's "Attempt to overwrite"
+  KeyError.
+* **OTLP** (only with a logger provider): one handler on the root logger exports stdlib records,
+  except those structlog already exported and the ``opentelemetry``/``otel_dist`` loggers' own.
+  Any other ``StructlogProcessor`` in the chain is dropped (it would export every event twice).
+  Attributes are scrubbed and omit the ids and service name, which the OTLP record carries in
+  its own context and resource.
+  ``logging.basicConfig``, ``logging.config.dictConfig`` and ``fileConfig`` are wrapped to put it
+  back after they reset the root handlers. Levels are never changed: the handler sees what the
+  root logger's handlers see.
+
+Known limits:
+
+* loggers already assembled before install (``cache_logger_on_first_use=True`` after their first
+  call) keep their old processor chain, and so do chains passed explicitly to ``wrap_logger``;
+* ``configure``/``reset_defaults`` references taken before install (``from structlog import
+  configure``) and ``structlog.stdlib.recreate_defaults`` bypass the wrappers;
+* ``ProcessorFormatter`` renders foreign (stdlib) records through its own ``foreign_pre_chain``:
+  add ``inject_trace_ids`` there to get ids as event keys (the record attributes are set anyway);
+* only string ``args`` are scrubbed (a ``%d`` must stay a number), and formatters that render
+  ``exc_info`` themselves instead of using ``exc_text`` (e.g. python-json-logger) bypass the
+  traceback scrubbing; the OTLP exports are scrubbed either way.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.config
+import sys
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.instrumentation.structlog import StructlogProcessor
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.trace import get_current_span
+from opentelemetry.util.types import AnyValue
+
+from otel_dist.diagnostics import INTERNAL_LOGGER
+from otel_dist.request_id import current_request_id
+from otel_dist.scrub import REDACTED, Scrubber
+
+__all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install_log_correlation"]
+
+_logger = logging.getLogger(INTERNAL_LOGGER)
+
+# What the record factory adds; `extra=` may set them too (the app's value wins).
+_RECORD_FIELDS = frozenset({"trace_id", "span_id", "trace_flags", "service_name", "request_id"})
+# Carried by the OTLP LogRecord itself (context, resource): not repeated as attributes.
+_CONTEXT_KEYS = frozenset({"trace_id", "span_id", "trace_flags", "service_name", "service.name"})
+# Loggers whose records must not be exported over OTLP: exporting them would log about logging.
+# (``otel_dist.errors``, the unhandled-request-exception log, is exported like any app log.)
+_OWN_LOGGERS = ("opentelemetry", INTERNAL_LOGGER)
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+_TRACEBACK_FORMATTER = logging.Formatter()
+
+# Set by the structlog OTLP processor when the event is about to reach a stdlib logger, and
+# consumed by the record factory: that record was already exported and is marked to be skipped.
+_structlog_record_pending: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "otel_dist_structlog_record_pending", default=None
+)
+
+
+@dataclass(frozen=True)
+class _State:
+    service_name: str
+    scrubber: Scrubber | None  # None when scrubbing is disabled: skip the loop entirely
+
+
+_state: _State | None = None
+_installed: LogCorrelation | None = None
+_warned: set[str] = set()
+
+
+def _warn_once(where: str) -> None:
+    """Report an internal failure once; logging must go on without our addition."""
+    if where in _warned:
+        return
+    _warned.add(where)
+    _logger.warning("otel_dist.logs: %s failed; continuing without it", where, exc_info=True)
+
+
+def inject_trace_ids(
+    logger: Any,  # noqa: ARG001
+    method_name: str,  # noqa: ARG001
+    event_dict: MutableMapping[str, Any],
+) -> MutableMapping[str, Any]:
+    """Structlog processor: add the current trace ids, service name and request id, then scrub.
+
+    Ids come from the OTel context at log time and are added whenever the span context is valid,
+    sampled or not (``trace_flags`` says which): an unsampled request still has a trace id that
+    shows up in ``traceparent`` headers and error bodies. Keys the app set itself win. Sensitive
+    keys are redacted and string values scrubbed, so nothing after this processor (renderer, OTLP
+    export) sees a secret. Never raises.
+    """
+    try:
+        context = get_current_span().get_span_context()
+        if context.is_valid:
+            event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+            event_dict.setdefault("span_id", format(context.span_id, "016x"))
+            event_dict.setdefault("trace_flags", format(context.trace_flags, "02x"))
+        request_id = current_request_id()
+        if request_id is not None:
+            event_dict.setdefault("request_id", request_id)
+        state = _state
+        if state is not None:
+            event_dict.setdefault("service.name", state.service_name)
+            if state.scrubber is not None:
+                _scrub_event(event_dict, state.scrubber)
+    except Exception:
+        _warn_once("inject_trace_ids")
+    return event_dict
+
+
+def _scrub_event(event_dict: MutableMapping[str, Any], scrubber: Scrubber) -> None:
+    for key, value in tuple(event_dict.items()):
+        if scrubber.is_sensitive_key(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, str):
+            event_dict[key] = scrubber.text(value)
+        elif isinstance(value, (Mapping, list, tuple)):
+            event_dict[key] = scrubber.value(value)
+
+
+class _ScrubbedStructlogProcessor(StructlogProcessor):
+    """The contrib processor, minus context keys in attributes and with scrubbed exceptions.
+
+    The event keys are already scrubbed by ``inject_trace_ids``; the exception attributes are
+    formatted here from ``exc_info``, so they are scrubbed here.
+    """
+
+    def __init__(self, logger_provider: LoggerProvider, scrubber: Scrubber) -> None:
+        super().__init__(logger_provider=logger_provider)  # type: ignore[no-untyped-call]
+        self._scrubber = scrubber
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict[Any, Any]) -> dict[Any, Any]:
+        try:
+            super().__call__(logger, method_name, event_dict)
+            if isinstance(logger, logging.Logger) and logger.isEnabledFor(
+                _LEVELS.get(method_name, logging.NOTSET)
+            ):
+                _structlog_record_pending.set(logger.name)
+        except Exception:
+            _warn_once("structlog OTLP export")
+        return event_dict
+
+    # The contrib declares it a staticmethod but calls it as self._get_attributes(event_dict).
+    def _get_attributes(self, event_dict: dict[Any, Any]) -> dict[str, Any]:  # type: ignore[override]
+        attributes = StructlogProcessor._get_attributes(event_dict)
+        for key in _CONTEXT_KEYS.intersection(attributes):
+            del attributes[key]
+        return self._scrubber.attributes(attributes) or attributes
+
+
+class _OtlpLogHandler(LoggingHandler):
+    """The contrib OTLP handler for stdlib records that structlog did not already export."""
+
+    def __init__(self, logger_provider: LoggerProvider, scrubber: Scrubber) -> None:
+        super().__init__(level=logging.NOTSET, logger_provider=logger_provider)
+        self._scrubber = scrubber
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Export ``record`` unless it came from structlog or from OTel / otel_dist itself."""
+        if getattr(record, "_from_structlog", False) or isinstance(record.msg, dict):
+            return
+        if record.name.startswith(_OWN_LOGGERS):
+            return
+        try:
+            super().emit(record)
+        except Exception:
+            self.handleError(record)
+
+    def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
+        attributes: dict[str, AnyValue]
+        attributes, event_name = super()._get_attributes(record)
+        for key in _CONTEXT_KEYS.intersection(attributes):
+            del attributes[key]
+        attributes.pop("_from_structlog", None)
+        if attributes.get("request_id") == "":
+            del attributes["request_id"]
+        return self._scrubber.attributes(attributes) or attributes, event_name
+
+
+@dataclass
+class _Patch:
+    """One replaced attribute; restored only if nobody replaced our replacement since."""
+
+    owner: Any
+    name: str
+    original: Any
+    replacement: Any
+
+    def apply(self) -> None:
+        setattr(self.owner, self.name, self.replacement)
+
+    def restore(self) -> None:
+        if getattr(self.owner, self.name) is self.replacement:
+            setattr(self.owner, self.name, self.original)
+
+
+class LogCorrelation:
+    """The changes made by ``install_log_correlation``; ``uninstall`` undoes them.
+
+    Wrappers stay harmless when something else wrapped them after us: once uninstalled they
+    only pass calls through.
+    """
+
+    def __init__(
+        self, *, service_name: str, scrubber: Scrubber, logger_provider: LoggerProvider | None
+    ) -> None:
+        self._state = _State(service_name, scrubber if scrubber.enabled else None)
+        self._scrubber = self._state.scrubber
+        self._active = False
+        self._patches: list[_Patch] = []
+        self._structlog_otlp: _ScrubbedStructlogProcessor | None = None
+        self._handler: _OtlpLogHandler | None = None
+        if logger_provider is not None:
+            self._structlog_otlp = _ScrubbedStructlogProcessor(logger_provider, scrubber)
+            self._handler = _OtlpLogHandler(logger_provider, scrubber)
+        self._structlog_configured_by_app = False
+        # What we wrap, captured at install time.
+        self._configure: Callable[..., None]
+        self._configure_once: Callable[..., None]
+        self._reset_defaults: Callable[[], None]
+        self._previous_factory: Callable[..., logging.LogRecord]
+        self._factory = self._record_factory  # one bound method, so `is` finds it again
+
+    def _install(self) -> None:
+        global _state  # noqa: PLW0603
+        self._configure = structlog.configure
+        self._configure_once = structlog.configure_once
+        self._reset_defaults = structlog.reset_defaults
+        self._active = True
+        _state = self._state
+        self._install_structlog()
+        self._previous_factory = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(self._factory)
+        self._patch(logging.Logger, "makeRecord", self._wrap_make_record(logging.Logger.makeRecord))
+        if self._handler is not None:
+            self._install_handler(self._handler)
+
+    def uninstall(self) -> None:
+        """Remove our processors, factory and handler and restore what we wrapped. Idempotent."""
+        global _state, _installed  # noqa: PLW0603
+        if not self._active:
+            return
+        self._active = False
+        if _state is self._state:
+            _state = None
+        if _installed is self:
+            _installed = None
+        processors = [p for p in structlog.get_config()["processors"] if not self._is_ours(p)]
+        if self._structlog_configured_by_app:
+            self._configure(processors=processors)
+        else:
+            self._reset_defaults()
+        if logging.getLogRecordFactory() is self._factory:
+            logging.setLogRecordFactory(self._previous_factory)
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+        for patch in reversed(self._patches):
+            patch.restore()
+        self._patches.clear()
+
+    def _patch(self, owner: Any, name: str, replacement: Any) -> None:
+        patch = _Patch(owner, name, getattr(owner, name), replacement)
+        patch.apply()
+        self._patches.append(patch)
+
+    # structlog ---------------------------------------------------------------------------------
+
+    def _install_structlog(self) -> None:
+        self._structlog_configured_by_app = structlog.is_configured()
+        self._configure(processors=self._with_ours(structlog.get_config()["processors"]))
+        self._patch(structlog, "configure", self._patched_configure)
+        self._patch(structlog, "configure_once", self._patched_configure_once)
+        self._patch(structlog, "reset_defaults", self._patched_reset_defaults)
+
+    def _is_ours(self, processor: object) -> bool:
+        return processor is inject_trace_ids or (
+            self._structlog_otlp is not None and processor is self._structlog_otlp
+        )
+
+    def _with_ours(self, processors: Iterable[Any]) -> list[Any]:
+        """``processors`` with ours before the renderer (or where the app put ``inject_trace_ids``).
+
+        When we export, other ``StructlogProcessor`` instances are dropped: they would export each
+        event a second time, unscrubbed. Otherwise ours go before the first of them, so their
+        export carries the ids and scrubbed values.
+        """
+        chain = [
+            p
+            for p in processors
+            if not (self._structlog_otlp is not None and isinstance(p, StructlogProcessor))
+        ]
+        ours: list[Any] = []
+        inject_at = next((i for i, p in enumerate(chain) if p is inject_trace_ids), None)
+        if inject_at is not None:
+            at = inject_at + 1
+        else:
+            at = max(len(chain) - 1, 0)
+            foreign = (i for i, p in enumerate(chain[:at]) if isinstance(p, StructlogProcessor))
+            at = next(foreign, at)
+            ours.append(inject_trace_ids)
+        if self._structlog_otlp is not None:
+            ours.append(self._structlog_otlp)
+        chain[at:at] = ours
+        return chain
+
+    def _with_ours_in_call(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        try:
+            if kwargs.get("processors") is not None:
+                kwargs["processors"] = self._with_ours(kwargs["processors"])
+            elif args and args[0] is not None:
+                args = (self._with_ours(args[0]), *args[1:])
+        except Exception:
+            _warn_once("inserting the trace id processor")
+        return args, kwargs
+
+    def _patched_configure(self, *args: Any, **kwargs: Any) -> None:
+        if self._active:
+            self._structlog_configured_by_app = True
+            args, kwargs = self._with_ours_in_call(args, kwargs)
+        self._configure(*args, **kwargs)
+
+    def _patched_configure_once(self, *args: Any, **kwargs: Any) -> None:
+        # Our own configure() at install made structlog "configured": the app's first
+        # configure_once() must still apply, with our processors in its chain.
+        if self._active and not self._structlog_configured_by_app:
+            self._structlog_configured_by_app = True
+            args, kwargs = self._with_ours_in_call(args, kwargs)
+            self._configure(*args, **kwargs)
+            return
+        self._configure_once(*args, **kwargs)
+
+    def _patched_reset_defaults(self) -> None:
+        self._reset_defaults()
+        if self._active:
+            self._structlog_configured_by_app = False
+            self._configure(processors=self._with_ours(structlog.get_config()["processors"]))
+
+    # stdlib logging ----------------------------------------------------------------------------
+
+    def _record_factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self._previous_factory(*args, **kwargs)
+        if self._active:
+            try:
+                self._correlate(record)
+            except Exception:
+                _warn_once("log record correlation")
+        return record
+
+    def _correlate(self, record: logging.LogRecord) -> None:
+        fields = record.__dict__
+        context = get_current_span().get_span_context()
+        if context.is_valid:
+            fields["trace_id"] = format(context.trace_id, "032x")
+            fields["span_id"] = format(context.span_id, "016x")
+            fields["trace_flags"] = format(context.trace_flags, "02x")
+        else:
+            fields["trace_id"] = fields["span_id"] = fields["trace_flags"] = ""
+        fields["service_name"] = self._state.service_name
+        fields["request_id"] = current_request_id() or ""
+        pending = _structlog_record_pending.get()
+        if pending is not None and pending == record.name:
+            _structlog_record_pending.set(None)
+            fields["_from_structlog"] = True
+        if self._scrubber is not None:
+            _scrub_record(record, self._scrubber)
+
+    def _wrap_make_record(self, original: Callable[..., logging.LogRecord]) -> Callable[..., Any]:
+        """``Logger.makeRecord`` scrubbing ``extra=`` and letting it set our field names.
+
+        The stdlib raises KeyError when ``extra`` names an attribute the factory already set:
+        ``extra={"request_id": ...}`` must keep working, and keep the app's value.
+        """
+
+        def make_record(logger: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            # Signature: (name, level, fn, lno, msg, args, exc_info, func, extra, sinfo).
+            positional = len(args) > 8
+            extra = args[8] if positional else kwargs.get("extra")
+            if not extra or not self._active:
+                return original(logger, *args, **kwargs)
+            try:
+                if self._scrubber is not None:
+                    extra = self._scrubber.mapping(extra)
+                ours = {key: extra[key] for key in _RECORD_FIELDS.intersection(extra)}
+                rest = {key: value for key, value in extra.items() if key not in _RECORD_FIELDS}
+            except Exception:
+                _warn_once("scrubbing extra=")
+                return original(logger, *args, **kwargs)
+            if positional:
+                args = (*args[:8], rest, *args[9:])
+            else:
+                kwargs["extra"] = rest
+            record = original(logger, *args, **kwargs)
+            record.__dict__.update(ours)
+            return record
+
+        return make_record
+
+    def _install_handler(self, handler: _OtlpLogHandler) -> None:
+        root = logging.getLogger()
+        if any(isinstance(h, LoggingHandler) for h in root.handlers):
+            _logger.warning(
+                "otel_dist.logs: the root logger already has an OTel LoggingHandler; stdlib "
+                "records may be exported twice (disable the 'logging' auto-instrumentation)"
+            )
+        root.addHandler(handler)
+        self._patch(logging, "basicConfig", self._keeping_handler(logging.basicConfig))
+        self._patch(logging.config, "dictConfig", self._keeping_handler(logging.config.dictConfig))
+        self._patch(logging.config, "fileConfig", self._keeping_handler(logging.config.fileConfig))
+
+    def _keeping_handler(self, config_fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``config_fn`` run without our handler on root, then with it put back.
+
+        Taking it off first also lets ``basicConfig()`` configure a root that only had ours.
+        """
+
+        def keeping_handler(*args: Any, **kwargs: Any) -> Any:
+            root = logging.getLogger()
+            handler = self._handler
+            if not self._active or handler is None or handler not in root.handlers:
+                return config_fn(*args, **kwargs)
+            root.removeHandler(handler)
+            try:
+                return config_fn(*args, **kwargs)
+            finally:
+                root.addHandler(handler)
+
+        return keeping_handler
+
+
+def _scrub_record(record: logging.LogRecord, scrubber: Scrubber) -> None:
+    args = record.args
+    if args:
+        if isinstance(args, Mapping):
+            record.args = scrubber.mapping(args)
+        else:
+            record.args = tuple(scrubber.text(a) if isinstance(a, str) else a for a in args)
+    msg = record.msg
+    if isinstance(msg, str):
+        scrubbed = scrubber.text(msg)
+        if scrubbed != msg:
+            if record.args:
+                # The template itself held a secret ("token=%s"): its placeholders may be gone,
+                # so render the message once and keep the scrubbed result.
+                try:
+                    scrubbed = scrubber.text(record.getMessage())
+                    record.args = ()
+                except (TypeError, ValueError, KeyError):
+                    pass  # the app's own format error; the stdlib reports it when formatting
+            record.msg = scrubbed
+    if record.exc_info and not record.exc_text:
+        record.exc_text = scrubber.text(_TRACEBACK_FORMATTER.formatException(record.exc_info))
+
+
+def install_log_correlation(
+    *,
+    service_name: str,
+    scrubber: Scrubber,
+    logger_provider: LoggerProvider | None,
+) -> LogCorrelation:
+    """Put trace ids and scrubbing into structlog and stdlib logs, and export them if asked.
+
+    ``logger_provider=None`` means correlation and scrubbing only, no OTLP log export. A previous
+    installation is uninstalled first. See the module docstring for what changes and the limits.
+    """
+    global _installed  # noqa: PLW0603
+    if _installed is not None:
+        _installed.uninstall()
+    correlation = LogCorrelation(
+        service_name=service_name, scrubber=scrubber, logger_provider=logger_provider
+    )
+    correlation._install()
+    _installed = correlation
+    return correlation
+
+
+def _stdout_is_tty() -> bool:
+    stream = sys.stdout
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+
+def configure_structlog(
+    *, log_format: Literal["auto", "json", "console"] = "auto", level: int = logging.INFO
+) -> None:
+    """Configure structlog sensibly: JSON lines for machines, readable lines on a terminal.
+
+    ``"auto"`` picks the console renderer when stdout is a TTY, JSON otherwise. Events below
+    ``level`` are dropped before any processor runs. Output goes to stdout. When log correlation
+    is installed (before or after this call), ``inject_trace_ids`` is inserted before the renderer.
+    """
+    console = log_format == "console" or (log_format == "auto" and _stdout_is_tty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    if console:
+        processors.append(structlog.dev.ConsoleRenderer(colors=_stdout_is_tty()))
+    else:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(),
+    )

@@ -1,0 +1,393 @@
+"""SDK providers built from the settings: resource, sampler, exporters, processors, views.
+
+Nothing here is global: ``build_providers`` returns the three providers and the caller decides to
+install them. Exporters are wrapped so that secrets are scrubbed on the export thread, off the
+request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    ConsoleLogRecordExporter,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import DropAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+from otel_dist import __version__
+from otel_dist.scrub import Scrubber
+from otel_dist.settings import ConfigurationError, OtlpSettings, Settings, Signal
+
+_log = logging.getLogger("otel_dist.internal")
+
+# Instruments that cost a measurement per request and that no dashboard of ours reads.
+_DROPPED_INSTRUMENTS = (
+    "http.server.request.body.size",
+    "http.server.response.body.size",
+    "http.server.request.size",
+    "http.server.response.size",
+)
+_PROMETHEUS_PORT_RANGE = 64
+
+
+@dataclass
+class Providers:
+    """The SDK providers for the enabled signals (None when a signal is off)."""
+
+    resource: Resource
+    tracer_provider: TracerProvider | None
+    meter_provider: MeterProvider | None
+    logger_provider: LoggerProvider | None
+    prometheus_port: int | None = None
+
+
+def process_identity() -> dict[str, Any]:
+    """Attributes that tell this process apart from its sibling workers.
+
+    Every worker of a multi-process server exports its own cumulative metrics; without a unique
+    ``service.instance.id`` their series would collide in the backend and be miscounted.
+    """
+    return {"service.instance.id": uuid.uuid4().hex, "process.pid": os.getpid()}
+
+
+def build_resource(settings: Settings) -> Resource:
+    """Resource from the settings: OTEL_RESOURCE_ATTRIBUTES < service name < distro identity."""
+    attributes: dict[str, Any] = {**process_identity(), **settings.resource_attributes}
+    if settings.service_name:
+        attributes["service.name"] = settings.service_name
+    attributes.setdefault("telemetry.distro.name", "otel-dist")
+    attributes.setdefault("telemetry.distro.version", __version__)
+    # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES/OTEL_SERVICE_NAME; explicit values win.
+    return Resource.create(attributes)
+
+
+def build_sampler(settings: Settings) -> Sampler:
+    """The head sampler named by the settings."""
+    ratio = TraceIdRatioBased(settings.sampler_arg)
+    return {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+        "traceidratio": ratio,
+        "parentbased_always_on": ParentBased(ALWAYS_ON),
+        "parentbased_always_off": ParentBased(ALWAYS_OFF),
+        "parentbased_traceidratio": ParentBased(ratio),
+    }[settings.sampler]
+
+
+def _otlp_kwargs(otlp: OtlpSettings) -> dict[str, Any]:
+    return {
+        "endpoint": otlp.endpoint,
+        "headers": dict(otlp.headers),
+        "timeout": otlp.timeout_s,
+    }
+
+
+def _grpc_missing(signal: Signal) -> ConfigurationError:
+    return ConfigurationError(
+        f"OTEL_EXPORTER_OTLP_PROTOCOL=grpc (for {signal}) needs the gRPC exporter, which is not "
+        "installed: pip install 'otel-dist[grpc]', or use http/protobuf"
+    )
+
+
+def _span_exporter(settings: Settings) -> SpanExporter:
+    if settings.traces_exporter == "console":
+        return ConsoleSpanExporter()
+    otlp = settings.otlp["traces"]
+    if otlp.protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+                OTLPSpanExporter as GrpcSpanExporter,
+            )
+        except ImportError:
+            raise _grpc_missing("traces") from None
+        return GrpcSpanExporter(**_otlp_kwargs(otlp), compression=_grpc_compression(otlp))  # type: ignore[no-any-return]
+    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter,
+    )
+
+    return OTLPSpanExporter(**_otlp_kwargs(otlp), compression=Compression(otlp.compression))
+
+
+def _metric_exporter(settings: Settings) -> MetricExporter:
+    if settings.metrics_exporter == "console":
+        return ConsoleMetricExporter()
+    otlp = settings.otlp["metrics"]
+    if otlp.protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+                OTLPMetricExporter as GrpcMetricExporter,
+            )
+        except ImportError:
+            raise _grpc_missing("metrics") from None
+        return GrpcMetricExporter(**_otlp_kwargs(otlp), compression=_grpc_compression(otlp))  # type: ignore[no-any-return]
+    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+        OTLPMetricExporter,
+    )
+
+    return OTLPMetricExporter(**_otlp_kwargs(otlp), compression=Compression(otlp.compression))
+
+
+def _log_exporter(settings: Settings) -> LogRecordExporter:
+    if settings.logs_exporter == "console":
+        return ConsoleLogRecordExporter()
+    otlp = settings.otlp["logs"]
+    if otlp.protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # noqa: PLC0415
+                OTLPLogExporter as GrpcLogExporter,
+            )
+        except ImportError:
+            raise _grpc_missing("logs") from None
+        return GrpcLogExporter(**_otlp_kwargs(otlp), compression=_grpc_compression(otlp))  # type: ignore[no-any-return]
+    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
+        OTLPLogExporter,
+    )
+
+    return OTLPLogExporter(**_otlp_kwargs(otlp), compression=Compression(otlp.compression))
+
+
+def _grpc_compression(otlp: OtlpSettings) -> Any:
+    import grpc  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    return {
+        "none": grpc.Compression.NoCompression,
+        "gzip": grpc.Compression.Gzip,
+        "deflate": grpc.Compression.Deflate,
+    }[otlp.compression]
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Redacts secrets from span and event attributes on the export thread, then delegates."""
+
+    def __init__(self, inner: SpanExporter, scrubber: Scrubber) -> None:
+        self._inner = inner
+        self._scrubber = scrubber
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export scrubbed copies of the spans that carry a secret; the others unchanged."""
+        return self._inner.export([self._scrubbed(span) for span in spans])
+
+    def _scrubbed(self, span: ReadableSpan) -> ReadableSpan:
+        attributes = self._scrubber.attributes(span.attributes)
+        events = [self._scrubbed_event(event) for event in span.events]
+        if attributes is None and all(new is old for new, old in zip(events, span.events)):
+            return span
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=attributes if attributes is not None else span.attributes,
+            events=events,
+            links=span.links,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def _scrubbed_event(self, event: Any) -> Any:
+        attributes = self._scrubber.attributes(event.attributes)
+        if attributes is None:
+            return event
+        return type(event)(event.name, attributes, event.timestamp)
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self._inner.force_flush(timeout_millis)
+
+
+class ScrubbingLogExporter(LogRecordExporter):
+    """Redacts secrets from log bodies and attributes on the export thread, then delegates."""
+
+    def __init__(self, inner: LogRecordExporter, scrubber: Scrubber) -> None:
+        self._inner = inner
+        self._scrubber = scrubber
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        """Scrub each record in place (records belong to the batch processor now), export."""
+        for record in batch:
+            log_record = record.log_record
+            attributes = self._scrubber.attributes(log_record.attributes)
+            if attributes is not None:
+                log_record.attributes = attributes
+            if log_record.body is not None:
+                log_record.body = self._scrubber.value(log_record.body)
+        return self._inner.export(batch)
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self._inner.force_flush(timeout_millis)
+
+
+def _tracer_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> TracerProvider:
+    provider = TracerProvider(
+        resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False
+    )
+    bsp = settings.bsp
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            ScrubbingSpanExporter(_span_exporter(settings), scrubber),
+            max_queue_size=bsp.max_queue_size,
+            schedule_delay_millis=bsp.schedule_delay_ms,
+            max_export_batch_size=bsp.max_export_batch_size,
+            export_timeout_millis=bsp.export_timeout_ms,
+        )
+    )
+    return provider
+
+
+def _views() -> list[View]:
+    return [View(instrument_name=name, aggregation=DropAggregation()) for name in _DROPPED_INSTRUMENTS]
+
+
+def _prometheus_reader(settings: Settings) -> tuple[MetricReader, int]:
+    """A Prometheus reader served on the first free port from the configured one.
+
+    Each worker of ``uvicorn --workers N`` or gunicorn is its own process with its own
+    counters; workers take consecutive ports (9464, 9465, ...) and Prometheus scrapes each, so
+    no series is double-counted or lost (the SDK exporter has no multiprocess mode).
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    last_error: OSError | None = None
+    for port in range(settings.prometheus_port, settings.prometheus_port + _PROMETHEUS_PORT_RANGE):
+        if port > 65535:
+            break
+        try:
+            start_http_server(port=port, addr=settings.prometheus_host)
+        except OSError as exc:
+            last_error = exc
+            continue
+        _log.info("otel-dist: Prometheus metrics on http://%s:%d/metrics (pid %d)",
+                  settings.prometheus_host, port, os.getpid())
+        return PrometheusMetricReader(), port
+    raise ConfigurationError(
+        f"OTEL_EXPORTER_PROMETHEUS_PORT={settings.prometheus_port}: no free port in "
+        f"{settings.prometheus_port}-{settings.prometheus_port + _PROMETHEUS_PORT_RANGE - 1} "
+        f"on {settings.prometheus_host} ({last_error})"
+    )
+
+
+def _meter_provider(settings: Settings, resource: Resource) -> tuple[MeterProvider, int | None]:
+    port: int | None = None
+    reader: MetricReader
+    if settings.metrics_exporter == "prometheus":
+        reader, port = _prometheus_reader(settings)
+    else:
+        reader = PeriodicExportingMetricReader(
+            _metric_exporter(settings),
+            export_interval_millis=settings.metric_export_interval_ms,
+            export_timeout_millis=settings.metric_export_timeout_ms,
+        )
+    provider = MeterProvider(
+        metric_readers=[reader], resource=resource, views=_views(), shutdown_on_exit=False
+    )
+    return provider, port
+
+
+def _logger_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> LoggerProvider:
+    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
+    blrp = settings.blrp
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(
+            ScrubbingLogExporter(_log_exporter(settings), scrubber),
+            max_queue_size=blrp.max_queue_size,
+            schedule_delay_millis=blrp.schedule_delay_ms,
+            max_export_batch_size=blrp.max_export_batch_size,
+            export_timeout_millis=blrp.export_timeout_ms,
+        )
+    )
+    return provider
+
+
+def build_providers(settings: Settings, scrubber: Scrubber, *, strict: bool) -> tuple[Providers, Settings]:
+    """Build one provider per enabled signal.
+
+    A signal whose pipeline cannot be built (gRPC exporter missing, no free Prometheus port)
+    raises ``ConfigurationError`` when ``strict``; otherwise it is logged once and switched off,
+    and the returned settings say so.
+    """
+    resource = build_resource(settings)
+    builders = {
+        "traces": lambda: _tracer_provider(settings, resource, scrubber),
+        "metrics": lambda: _meter_provider(settings, resource),
+        "logs": lambda: _logger_provider(settings, resource, scrubber),
+    }
+    built: dict[str, Any] = {}
+    problems = list(settings.problems)
+    for signal, build in builders.items():
+        if settings.exporter(signal) == "none":  # type: ignore[arg-type]
+            built[signal] = None
+            continue
+        try:
+            built[signal] = build()
+        except ConfigurationError as exc:
+            if strict:
+                raise
+            problems.append(str(exc))
+            built[signal] = None
+            settings = replace(settings, **{f"{signal}_exporter": "none"})
+    meter_provider, port = built["metrics"] if built["metrics"] is not None else (None, None)
+    providers = Providers(
+        resource=resource,
+        tracer_provider=built["traces"],
+        meter_provider=meter_provider,
+        logger_provider=built["logs"],
+        prometheus_port=port,
+    )
+    return providers, replace(settings, problems=tuple(problems))
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections on host:port (used by doctor)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

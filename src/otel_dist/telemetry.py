@@ -1,0 +1,296 @@
+"""``configure()``: the one code path behind both ways in (the call and the auto-launcher).
+
+settings -> SDK providers (installed globally) -> instrumentations (given the providers) ->
+outputs (exporters, log correlation, response ids), then the process hooks. Every step is a
+small function below; ``_setup`` reads as the list of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import _logs, metrics, propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+
+from otel_dist import logs as log_correlation
+from otel_dist.diagnostics import make_visible
+from otel_dist.fastapi import FastAPIInstrumentation, chosen_mode
+from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
+from otel_dist.scrub import Scrubber
+from otel_dist.sdk import Providers, build_providers
+from otel_dist.settings import ConfigurationError, Settings, load_settings
+from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchemy
+
+_log = logging.getLogger("otel_dist.internal")
+_lock = threading.Lock()
+_active: Telemetry | None = None
+
+
+@dataclass
+class Telemetry:
+    """Handle returned by ``configure()``: what was set up, and how to flush or stop it."""
+
+    settings: Settings
+    providers: Providers
+    instrumented: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    _fastapi: FastAPIInstrumentation | None = None
+    _sqlalchemy: SqlAlchemyInstrumentation | None = None
+    _logs: log_correlation.LogCorrelation | None = None
+    _exit_hooks: ExitHooks | None = None
+    _extra_uninstrument: list[Any] = field(default_factory=list)
+
+    def instrument_app(self, app: Any) -> None:
+        """Instrument a FastAPI app created after ``configure()`` when the hook could not."""
+        if self._fastapi is not None:
+            self._fastapi.instrument_app(app)
+
+    def instrument_engine(self, engine: Any) -> None:
+        """Register one more SQLAlchemy engine (or AsyncEngine) for pool metrics."""
+        if self._sqlalchemy is not None:
+            self._sqlalchemy.add_engine(engine)
+
+    def force_flush(self, timeout_s: float | None = None) -> bool:
+        """Export everything buffered, waiting at most ``timeout_s`` (default: the bound)."""
+        timeout = self.settings.shutdown_timeout_s if timeout_s is None else timeout_s
+        return run_bounded(self._flush_all, timeout, "flush")
+
+    def shutdown(self) -> None:
+        """Flush within the bound, stop exporting and remove every hook otel-dist installed."""
+        global _active  # noqa: PLW0603
+        if self._exit_hooks is not None:
+            self._exit_hooks.uninstall()
+        run_bounded(self._shutdown_providers, self.settings.shutdown_timeout_s, "shutdown")
+        self._uninstrument()
+        with _lock:
+            if _active is self:
+                _active = None
+
+    def _flush_all(self) -> None:
+        for provider in self._providers():
+            provider.force_flush()
+
+    def _shutdown_providers(self) -> None:
+        for provider in self._providers():
+            provider.shutdown()
+
+    def _providers(self) -> list[Any]:
+        p = self.providers
+        return [x for x in (p.tracer_provider, p.meter_provider, p.logger_provider) if x is not None]
+
+    def _uninstrument(self) -> None:
+        if self._fastapi is not None:
+            self._fastapi.unhook()
+        if self._sqlalchemy is not None:
+            self._sqlalchemy.uninstrument()
+        if self._logs is not None:
+            self._logs.uninstall()
+        for undo in self._extra_uninstrument:
+            undo()
+
+
+def configure(
+    app: Any = None,
+    engine: Any = None,
+    *,
+    engines: Iterable[Any] = (),
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Telemetry:
+    """Set up traces, metrics and logs for a FastAPI + SQLAlchemy service, once.
+
+    ``app`` and ``engine``/``engines`` may be omitted: FastAPI apps created later are instrumented
+    automatically, and every SQLAlchemy engine is traced; pass existing ones so they get the
+    middleware and pool metrics. ``options`` are the settings in README's option table
+    (keyword arguments win over the environment). Raises ``ConfigurationError`` naming the
+    variable and the accepted values on a bad setting. A second call changes nothing, warns, and
+    returns the first handle (instrumenting any new ``app``/``engine`` passed to it).
+    """
+    global _active  # noqa: PLW0603
+    make_visible()
+    all_engines = [e for e in (engine, *engines) if e is not None]
+    with _lock:
+        if _active is not None:
+            _log.warning("otel-dist: configure() was already called; this call changes nothing")
+            _add_targets(_active, app, all_engines)
+            return _active
+        settings = load_settings(os.environ if env is None else env, options, strict=True)
+        _active = _setup(settings, strict=True, app=app, engines=all_engines)
+        return _active
+
+
+def configure_from_launcher() -> Telemetry | None:
+    """The auto-launcher's entry: never raises; bad settings switch their signal off."""
+    global _active  # noqa: PLW0603
+    make_visible()
+    with _lock:
+        if _active is not None:
+            return _active
+        try:
+            settings = load_settings(os.environ, strict=False)
+            _active = _setup(settings, strict=False, app=None, engines=[])
+        except Exception:
+            _log.exception("otel-dist: telemetry setup failed; the app runs without telemetry")
+            return None
+        return _active
+
+
+def active() -> Telemetry | None:
+    """The handle of the current configuration, if ``configure()`` ran."""
+    return _active
+
+
+def _add_targets(telemetry: Telemetry, app: Any, engines: list[Any]) -> None:
+    if app is not None:
+        telemetry.instrument_app(app)
+    for engine in engines:
+        telemetry.instrument_engine(engine)
+
+
+def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) -> Telemetry:
+    scrubber = Scrubber(settings.scrub_patterns, enabled=settings.scrub)
+    if settings.sdk_disabled:
+        _report_problems(settings)
+        telemetry = Telemetry(settings, Providers(_empty_resource(), None, None, None))
+        telemetry.skipped["all"] = "OTEL_SDK_DISABLED=true"
+        return telemetry
+    _prefer_stable_http_semconv()
+    providers, settings = build_providers(settings, scrubber, strict=strict)
+    _report_problems(settings)
+    telemetry = Telemetry(settings, providers)
+    _install_globals(providers)
+    refresh_identity_after_fork(telemetry._providers())
+    _instrument_fastapi(telemetry, app)
+    _instrument_sqlalchemy(telemetry, engines)
+    _instrument_logs(telemetry, scrubber)
+    _instrument_httpx(telemetry)
+    _instrument_runtime(telemetry)
+    telemetry._exit_hooks = ExitHooks(telemetry._shutdown_providers, settings.shutdown_timeout_s)
+    telemetry._exit_hooks.install()
+    _log.debug("otel-dist: instrumented %s; skipped %s", telemetry.instrumented, telemetry.skipped)
+    return telemetry
+
+
+def _report_problems(settings: Settings) -> None:
+    # One line per bad value: the launcher must say what is wrong without crashing the app.
+    for problem in settings.problems:
+        _log.error("otel-dist: %s (telemetry for that setting's signal is off)", problem)
+
+
+def _empty_resource() -> Any:
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
+
+    return Resource.get_empty()
+
+
+def _prefer_stable_http_semconv() -> None:
+    # The contrib HTTP instrumentations read this once; "http" gives http.server.request.duration
+    # in seconds keyed by http.route (FastAPI's native telemetry always emits the stable names).
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+
+
+def _install_globals(providers: Providers) -> None:
+    if providers.tracer_provider is not None:
+        trace.set_tracer_provider(providers.tracer_provider)
+    if providers.meter_provider is not None:
+        metrics.set_meter_provider(providers.meter_provider)
+    if providers.logger_provider is not None:
+        _logs.set_logger_provider(providers.logger_provider)
+    propagator = propagate.get_global_textmap()
+    if not isinstance(propagator, CompositePropagator):
+        propagate.set_global_textmap(CompositePropagator([propagator]))
+
+
+def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:
+    mode = chosen_mode(telemetry.settings)
+    instrumentation = FastAPIInstrumentation(telemetry.settings, telemetry.providers, mode)
+    instrumentation.hook_new_apps()
+    if app is not None:
+        instrumentation.instrument_app(app)
+    telemetry._fastapi = instrumentation
+    telemetry.instrumented.append(f"fastapi ({mode})")
+
+
+def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
+    providers = telemetry.providers
+    if providers.tracer_provider is None and providers.meter_provider is None:
+        telemetry.skipped["sqlalchemy"] = "traces and metrics are both off"
+        return
+    telemetry._sqlalchemy = instrument_sqlalchemy(
+        tracer_provider=providers.tracer_provider or trace.NoOpTracerProvider(),
+        meter_provider=providers.meter_provider or metrics.NoOpMeterProvider(),
+        engines=engines,
+        sqlcommenter=telemetry.settings.sqlcommenter,
+    )
+    telemetry.instrumented.append("sqlalchemy")
+
+
+def _instrument_logs(telemetry: Telemetry, scrubber: Scrubber) -> None:
+    if not telemetry.settings.log_correlation and telemetry.providers.logger_provider is None:
+        telemetry.skipped["logging"] = "OTEL_DIST_LOG_CORRELATION=false and logs exporter none"
+        return
+    service_name = str(telemetry.providers.resource.attributes.get("service.name", ""))
+    telemetry._logs = log_correlation.install_log_correlation(
+        service_name=service_name,
+        scrubber=scrubber,
+        logger_provider=telemetry.providers.logger_provider,
+    )
+    telemetry.instrumented.append("logging")
+
+
+def _instrument_httpx(telemetry: Telemetry) -> None:
+    try:
+        import httpx  # noqa: F401, PLC0415
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
+    except ImportError:
+        telemetry.skipped["httpx"] = "httpx is not installed"
+        return
+    instrumentor = HTTPXClientInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(
+            tracer_provider=telemetry.providers.tracer_provider,
+            meter_provider=telemetry.providers.meter_provider,
+        )
+        telemetry._extra_uninstrument.append(instrumentor.uninstrument)
+    telemetry.instrumented.append("httpx")
+
+
+_RUNTIME_METRICS: dict[str, list[str] | None] = {
+    "process.cpu.time": ["user", "system"],
+    "process.cpu.utilization": None,
+    "process.memory.usage": None,
+    "process.memory.virtual": None,
+    "process.thread.count": None,
+    "process.open_file_descriptor.count": None,
+    "process.context_switches": ["involuntary", "voluntary"],
+    "cpython.gc.collections": None,
+}
+
+
+def _instrument_runtime(telemetry: Telemetry) -> None:
+    if not telemetry.settings.runtime_metrics:
+        telemetry.skipped["runtime metrics"] = "OTEL_DIST_RUNTIME_METRICS=false"
+        return
+    if telemetry.providers.meter_provider is None:
+        telemetry.skipped["runtime metrics"] = "metrics exporter is none"
+        return
+    try:
+        from opentelemetry.instrumentation.system_metrics import (  # noqa: PLC0415
+            SystemMetricsInstrumentor,
+        )
+    except ImportError as exc:
+        telemetry.skipped["runtime metrics"] = f"system-metrics instrumentation unavailable: {exc}"
+        return
+    instrumentor = SystemMetricsInstrumentor(config=_RUNTIME_METRICS)
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(meter_provider=telemetry.providers.meter_provider)
+        telemetry._extra_uninstrument.append(instrumentor.uninstrument)
+    telemetry.instrumented.append("runtime metrics")
+
+
+__all__ = ["ConfigurationError", "Telemetry", "active", "configure", "configure_from_launcher"]

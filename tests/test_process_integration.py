@@ -1,0 +1,225 @@
+"""Process life against real servers: workers after fork, SIGTERM flush bounds, bad settings.
+
+Each test starts uvicorn or gunicorn in a subprocess with a real OTLP sink (or an unreachable
+"collector") and asserts only on what leaves the process.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from otel_dist.sink import OtlpSink
+from support.servers import ServerProcess, free_port, venv_bin
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "tests.apps.pid_app:app"
+pytestmark = pytest.mark.integration
+
+Factory = Callable[..., ServerProcess]
+
+
+def _env(endpoint: str, **extra: str) -> dict[str, str]:
+    return {
+        "PYTHONPATH": str(ROOT),
+        "OTEL_SERVICE_NAME": "pid-app",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        **extra,
+    }
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An endpoint that accepts TCP connections and never answers: the worst collector outage."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _hit(base: str, count: int) -> list[httpx.Response]:
+    def one(_: int) -> httpx.Response:
+        # A fresh connection per request, so the kernel spreads them over the workers.
+        return httpx.get(f"{base}/pid", timeout=10)
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+WORKER_SERVERS = {
+    "uvicorn --workers 2, zero-code": (
+        [venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), APP, "--workers", "2",
+         "--host", "127.0.0.1", "--port", "{port}"], {}),
+    "gunicorn -w 2 --preload, configure() in master before fork": (
+        [venv_bin("gunicorn"), APP, "-w", "2", "-k", "uvicorn.workers.UvicornWorker",
+         "--preload", "-b", "127.0.0.1:{port}"], {"PID_APP_MODE": "configure"}),
+    "gunicorn -w 2, zero-code": (
+        [venv_bin("opentelemetry-instrument"), venv_bin("gunicorn"), APP, "-w", "2", "-k",
+         "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:{port}"], {}),
+}
+
+
+@pytest.mark.parametrize("server", list(WORKER_SERVERS))
+def test_every_worker_exports_and_metrics_are_not_double_counted(
+    server: str, otlp_sink: OtlpSink, server_factory: Factory
+):
+    argv, extra = WORKER_SERVERS[server]
+    port = free_port()
+    proc = server_factory([a.format(port=port) for a in argv], env=_env(otlp_sink.endpoint, **extra),
+                          port=port, cwd=ROOT)
+    responses: list[httpx.Response] = []
+    for _ in range(10):  # until both workers have answered, bounded
+        responses += _hit(proc.base_url, 20)
+        if len({r.json()["pid"] for r in responses}) >= 2:
+            break
+    pids = {r.json()["pid"] for r in responses}
+    assert len(pids) == 2, proc.output()
+    traces = {r.headers["traceresponse"].split("-")[1]: r.json()["pid"] for r in responses}
+
+    def all_spans(sink: OtlpSink) -> bool:
+        got = {s.trace_id for s in sink.spans() if s.kind == "SERVER"}
+        return set(traces) <= got
+
+    assert otlp_sink.wait_for(all_spans, timeout=20), proc.output()
+    span_pids = {s.trace_id: s.attributes["test.pid"] for s in otlp_sink.spans()
+                 if s.kind == "SERVER"}
+    assert {t: span_pids[t] for t in traces} == traces
+
+    def counted(sink: OtlpSink) -> int:
+        latest: dict[str, int] = {}
+        for p in sink.metrics():
+            if p.name == "http.server.request.duration" and p.attributes.get("http.route") == "/pid":
+                latest[p.resource["service.instance.id"]] = p.value["count"]
+        return sum(latest.values())
+
+    assert otlp_sink.wait_for(lambda s: counted(s) >= len(responses), timeout=20)
+    time.sleep(1.5)  # a few more export rounds: the total must not grow past what was sent
+    assert counted(otlp_sink) == len(responses)
+    instances = {s.resource["service.instance.id"] for s in otlp_sink.spans()
+                 if s.kind == "SERVER"}
+    assert len(instances) == 2
+
+
+@pytest.mark.parametrize("way", ["zero-code", "configure"])
+def test_sigterm_flush_is_bounded_when_the_collector_hangs(
+    way: str, blackhole: str, server_factory: Factory
+):
+    port = free_port()
+    argv = [venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)]
+    extra = {"OTEL_DIST_SHUTDOWN_TIMEOUT": "2", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    if way == "zero-code":
+        argv = [venv_bin("opentelemetry-instrument"), *argv]
+    else:
+        extra["PID_APP_MODE"] = "configure"
+    proc = server_factory(argv, env=_env(blackhole, **extra), port=port, cwd=ROOT)
+    # Exporting never blocks or fails a request, even with the collector hanging.
+    assert [r.status_code for r in _hit(proc.base_url, 30)] == [200] * 30
+    started = time.monotonic()
+    proc.process.send_signal(signal.SIGTERM)
+    proc.process.wait(timeout=30)
+    elapsed = time.monotonic() - started
+    # 2 s flush bound plus uvicorn's own graceful shutdown; without the bound the OTLP
+    # exporter's 10 s timeout and retries would hold the process far longer.
+    assert elapsed < 6, (elapsed, proc.output())
+    assert "did not finish within 2.0 s" in proc.output()
+
+
+def test_sigterm_with_collector_up_loses_nothing_already_produced(
+    otlp_sink: OtlpSink, server_factory: Factory
+):
+    port = free_port()
+    # Spans wait in the batch queue (60 s delay): only the SIGTERM flush can deliver them.
+    env = _env(otlp_sink.endpoint, PID_APP_MODE="configure", OTEL_BSP_SCHEDULE_DELAY="60000",
+               OTEL_BLRP_SCHEDULE_DELAY="60000")
+    proc = server_factory([venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)],
+                          env=env, port=port, cwd=ROOT)
+    responses = _hit(proc.base_url, 25)
+    traces = {r.headers["traceresponse"].split("-")[1] for r in responses}
+    assert not [s for s in otlp_sink.spans() if s.kind == "SERVER"]
+    assert proc.stop(signal.SIGTERM, timeout=15) != -9
+    exported = {s.trace_id for s in otlp_sink.spans() if s.kind == "SERVER"}
+    assert traces <= exported
+    logged = {r.trace_id for r in otlp_sink.logs() if r.body == "pid served"}
+    assert traces <= logged
+
+
+def test_bad_variable_under_launcher_logs_one_line_and_app_serves(
+    otlp_sink: OtlpSink, server_factory: Factory
+):
+    port = free_port()
+    env = _env(otlp_sink.endpoint, OTEL_TRACES_EXPORTER="zipkin")
+    proc = server_factory([venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), APP,
+                           "--host", "127.0.0.1", "--port", str(port)], env=env, port=port,
+                          cwd=ROOT)
+    assert [r.status_code for r in _hit(proc.base_url, 5)] == [200] * 5
+    assert otlp_sink.wait_for(lambda s: any(p.name == "http.server.request.duration"
+                                            for p in s.metrics()), timeout=10)
+    assert not otlp_sink.spans()
+    lines = [line for line in proc.output().splitlines() if "OTEL_TRACES_EXPORTER" in line]
+    assert lines == [
+        "otel-dist: OTEL_TRACES_EXPORTER='zipkin' is not valid: accepted values: otlp, console, "
+        "none (telemetry for that setting's signal is off)"
+    ]
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    full_env.update({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+                     "OTEL_LOGS_EXPORTER": "none", **env})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=60, check=False)
+
+
+def test_configure_bad_value_raises_one_clear_error():
+    done = _python("from otel_dist import configure\nconfigure(sampler_arg='abc')")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "otel_dist.settings.ConfigurationError: sampler_arg (OTEL_TRACES_SAMPLER_ARG)='abc' "
+        "is not valid: expected a number from 0.0 to 1.0"
+    )
+
+
+def test_configure_twice_warns_and_changes_nothing():
+    code = (
+        "import logging; logging.basicConfig(format='%(message)s')\n"
+        "from otel_dist import configure\n"
+        "a = configure(service_name='one')\n"
+        "b = configure(service_name='two')\n"
+        "assert a is b\n"
+        "print(a.providers.resource.attributes['service.name'])\n"
+    )
+    done = _python(code, OTEL_TRACES_EXPORTER="console")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "one"
+    assert "configure() was already called; this call changes nothing" in done.stderr
+
+
+def test_unsampled_requests_still_carry_ids_in_headers_and_logs(
+    otlp_sink: OtlpSink, server_factory: Factory
+):
+    port = free_port()
+    env = _env(otlp_sink.endpoint, OTEL_TRACES_SAMPLER="always_off")
+    proc = server_factory([venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), APP,
+                           "--host", "127.0.0.1", "--port", str(port)], env=env, port=port,
+                          cwd=ROOT)
+    response = httpx.get(f"{proc.base_url}/pid", timeout=10)
+    match = re.fullmatch(r"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})",
+                         response.headers["traceresponse"])
+    assert match
+    assert int(match.group(2), 16) & 1 == 0  # the real (unsampled) flag
+    assert otlp_sink.wait_for(lambda s: any(r.body == "pid served" for r in s.logs()), timeout=10)
+    assert [r.trace_id for r in otlp_sink.logs() if r.body == "pid served"] == [match.group(1)]
+    assert not otlp_sink.spans()
