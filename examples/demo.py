@@ -83,9 +83,18 @@ def main() -> int:
     print(f"otel-dist demo: sink on 127.0.0.1:{sink_port}, shop on http://127.0.0.1:{app_port}")
     sink = subprocess.Popen([str(BIN / "otel-dist"), "sink", "--port", str(sink_port)], env=env)
     app = subprocess.Popen(
-        [str(BIN / "uvicorn"), "examples.shop.main:app", "--host", "127.0.0.1",
-         "--port", str(app_port), "--log-level", "warning"],
-        env=env, cwd=ROOT,
+        [
+            str(BIN / "uvicorn"),
+            "examples.shop.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(app_port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
     )
     try:
         wait_until_up(f"http://127.0.0.1:{app_port}/healthz", app)

@@ -61,14 +61,47 @@ def _hit(base: str, count: int) -> list[httpx.Response]:
 
 WORKER_SERVERS = {
     "uvicorn --workers 2, zero-code": (
-        [venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), APP, "--workers", "2",
-         "--host", "127.0.0.1", "--port", "{port}"], {}),
+        [
+            venv_bin("opentelemetry-instrument"),
+            venv_bin("uvicorn"),
+            APP,
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ],
+        {},
+    ),
     "gunicorn -w 2 --preload, configure() in master before fork": (
-        [venv_bin("gunicorn"), APP, "-w", "2", "-k", "uvicorn.workers.UvicornWorker",
-         "--preload", "-b", "127.0.0.1:{port}"], {"PID_APP_MODE": "configure"}),
+        [
+            venv_bin("gunicorn"),
+            APP,
+            "-w",
+            "2",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "--preload",
+            "-b",
+            "127.0.0.1:{port}",
+        ],
+        {"PID_APP_MODE": "configure"},
+    ),
     "gunicorn -w 2, zero-code": (
-        [venv_bin("opentelemetry-instrument"), venv_bin("gunicorn"), APP, "-w", "2", "-k",
-         "uvicorn.workers.UvicornWorker", "-b", "127.0.0.1:{port}"], {}),
+        [
+            venv_bin("opentelemetry-instrument"),
+            venv_bin("gunicorn"),
+            APP,
+            "-w",
+            "2",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "-b",
+            "127.0.0.1:{port}",
+        ],
+        {},
+    ),
 }
 
 
@@ -78,8 +111,12 @@ def test_every_worker_exports_and_metrics_are_not_double_counted(
 ):
     argv, extra = WORKER_SERVERS[server]
     port = free_port()
-    proc = server_factory([a.format(port=port) for a in argv], env=_env(otlp_sink.endpoint, **extra),
-                          port=port, cwd=ROOT)
+    proc = server_factory(
+        [a.format(port=port) for a in argv],
+        env=_env(otlp_sink.endpoint, **extra),
+        port=port,
+        cwd=ROOT,
+    )
     responses: list[httpx.Response] = []
     for _ in range(10):  # until both workers have answered, bounded
         responses += _hit(proc.base_url, 20)
@@ -94,22 +131,25 @@ def test_every_worker_exports_and_metrics_are_not_double_counted(
         return set(traces) <= got
 
     assert otlp_sink.wait_for(all_spans, timeout=20), proc.output()
-    span_pids = {s.trace_id: s.attributes["test.pid"] for s in otlp_sink.spans()
-                 if s.kind == "SERVER"}
+    span_pids = {
+        s.trace_id: s.attributes["test.pid"] for s in otlp_sink.spans() if s.kind == "SERVER"
+    }
     assert {t: span_pids[t] for t in traces} == traces
 
     def counted(sink: OtlpSink) -> int:
         latest: dict[str, int] = {}
         for p in sink.metrics():
-            if p.name == "http.server.request.duration" and p.attributes.get("http.route") == "/pid":
+            if (
+                p.name == "http.server.request.duration"
+                and p.attributes.get("http.route") == "/pid"
+            ):
                 latest[p.resource["service.instance.id"]] = p.value["count"]
         return sum(latest.values())
 
     assert otlp_sink.wait_for(lambda s: counted(s) >= len(responses), timeout=20)
     time.sleep(1.5)  # a few more export rounds: the total must not grow past what was sent
     assert counted(otlp_sink) == len(responses)
-    instances = {s.resource["service.instance.id"] for s in otlp_sink.spans()
-                 if s.kind == "SERVER"}
+    instances = {s.resource["service.instance.id"] for s in otlp_sink.spans() if s.kind == "SERVER"}
     assert len(instances) == 2
 
 
@@ -142,10 +182,18 @@ def test_sigterm_with_collector_up_loses_nothing_already_produced(
 ):
     port = free_port()
     # Spans wait in the batch queue (60 s delay): only the SIGTERM flush can deliver them.
-    env = _env(otlp_sink.endpoint, PID_APP_MODE="configure", OTEL_BSP_SCHEDULE_DELAY="60000",
-               OTEL_BLRP_SCHEDULE_DELAY="60000")
-    proc = server_factory([venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)],
-                          env=env, port=port, cwd=ROOT)
+    env = _env(
+        otlp_sink.endpoint,
+        PID_APP_MODE="configure",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+        OTEL_BLRP_SCHEDULE_DELAY="60000",
+    )
+    proc = server_factory(
+        [venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        port=port,
+        cwd=ROOT,
+    )
     responses = _hit(proc.base_url, 25)
     traces = {r.headers["traceresponse"].split("-")[1] for r in responses}
     assert not [s for s in otlp_sink.spans() if s.kind == "SERVER"]
@@ -161,12 +209,24 @@ def test_bad_variable_under_launcher_logs_one_line_and_app_serves(
 ):
     port = free_port()
     env = _env(otlp_sink.endpoint, OTEL_TRACES_EXPORTER="zipkin")
-    proc = server_factory([venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), APP,
-                           "--host", "127.0.0.1", "--port", str(port)], env=env, port=port,
-                          cwd=ROOT)
+    proc = server_factory(
+        [
+            venv_bin("opentelemetry-instrument"),
+            venv_bin("uvicorn"),
+            APP,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        port=port,
+        cwd=ROOT,
+    )
     assert [r.status_code for r in _hit(proc.base_url, 5)] == [200] * 5
-    assert otlp_sink.wait_for(lambda s: any(p.name == "http.server.request.duration"
-                                            for p in s.metrics()), timeout=10)
+    assert otlp_sink.wait_for(
+        lambda s: any(p.name == "http.server.request.duration" for p in s.metrics()), timeout=10
+    )
     assert not otlp_sink.spans()
     lines = [line for line in proc.output().splitlines() if "OTEL_TRACES_EXPORTER" in line]
     assert lines == [
@@ -177,10 +237,22 @@ def test_bad_variable_under_launcher_logs_one_line_and_app_serves(
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
-    full_env.update({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
-                     "OTEL_LOGS_EXPORTER": "none", **env})
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=full_env, timeout=60, check=False)
+    full_env.update(
+        {
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            **env,
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_configure_bad_value_raises_one_clear_error():
@@ -212,12 +284,24 @@ def test_unsampled_requests_still_carry_ids_in_headers_and_logs(
 ):
     port = free_port()
     env = _env(otlp_sink.endpoint, OTEL_TRACES_SAMPLER="always_off")
-    proc = server_factory([venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), APP,
-                           "--host", "127.0.0.1", "--port", str(port)], env=env, port=port,
-                          cwd=ROOT)
+    proc = server_factory(
+        [
+            venv_bin("opentelemetry-instrument"),
+            venv_bin("uvicorn"),
+            APP,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        port=port,
+        cwd=ROOT,
+    )
     response = httpx.get(f"{proc.base_url}/pid", timeout=10)
-    match = re.fullmatch(r"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})",
-                         response.headers["traceresponse"])
+    match = re.fullmatch(
+        r"00-([0-9a-f]{32})-[0-9a-f]{16}-([0-9a-f]{2})", response.headers["traceresponse"]
+    )
     assert match
     assert int(match.group(2), 16) & 1 == 0  # the real (unsampled) flag
     assert otlp_sink.wait_for(lambda s: any(r.body == "pid served" for r in s.logs()), timeout=10)

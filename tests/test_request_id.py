@@ -13,8 +13,13 @@ GENERATED = re.compile(r"[0-9a-f]{32}")
 
 @pytest.mark.parametrize(
     "incoming",
-    ["abc-123", "0af7651916cd43dd8448eb211c80319c", "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
-     "req:2026.11.22_01", "a" * 128],
+    [
+        "abc-123",
+        "0af7651916cd43dd8448eb211c80319c",
+        "6ba7b810-9dad-11d1-80b4-00c04fd430c8",
+        "req:2026.11.22_01",
+        "a" * 128,
+    ],
 )
 def test_safe_incoming_id_is_kept(incoming):
     assert request_id.accept_or_generate(incoming) == incoming
@@ -23,8 +28,21 @@ def test_safe_incoming_id_is_kept(incoming):
 
 @pytest.mark.parametrize(
     "incoming",
-    ["", "a" * 129, "x" * 10_000, "evil\nINFO forged line", "quote\"d", "it's", "tab\there",
-     "semi;colon", "<script>", "ünïcode", "space here", "\x00nul", b"\xff\xfe".decode("latin-1")],
+    [
+        "",
+        "a" * 129,
+        "x" * 10_000,
+        "evil\nINFO forged line",
+        'quote"d',
+        "it's",
+        "tab\there",
+        "semi;colon",
+        "<script>",
+        "ünïcode",
+        "space here",
+        "\x00nul",
+        b"\xff\xfe".decode("latin-1"),
+    ],
 )
 def test_unsafe_incoming_id_is_replaced(incoming):
     generated = request_id.accept_or_generate(incoming)

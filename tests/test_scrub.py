@@ -11,18 +11,48 @@ CANARY = "CANARY-7f3a"
 
 @pytest.mark.parametrize(
     "key",
-    ["password", "user_password", "PASSWD", "api_key", "apiKey", "X-Api-Key", "secret",
-     "client_secret", "access_token", "refresh-token", "authorization",
-     "http.request.header.authorization", "http.request.header.cookie",
-     "http.response.header.set-cookie", "session_id", "csrf_token", "jwt", "private_key",
-     "credit_card", "ssn", "aws_access_key_id"],
+    [
+        "password",
+        "user_password",
+        "PASSWD",
+        "api_key",
+        "apiKey",
+        "X-Api-Key",
+        "secret",
+        "client_secret",
+        "access_token",
+        "refresh-token",
+        "authorization",
+        "http.request.header.authorization",
+        "http.request.header.cookie",
+        "http.response.header.set-cookie",
+        "session_id",
+        "csrf_token",
+        "jwt",
+        "private_key",
+        "credit_card",
+        "ssn",
+        "aws_access_key_id",
+    ],
 )
 def test_sensitive_keys_are_redacted_whole(key):
     assert Scrubber().mapping({key: CANARY}) == {key: REDACTED}
 
 
-@pytest.mark.parametrize("key", ["author", "authors", "item_id", "name", "http.route",
-                                 "db.query.text", "error.type", "trace_id", "request_id"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "author",
+        "authors",
+        "item_id",
+        "name",
+        "http.route",
+        "db.query.text",
+        "error.type",
+        "trace_id",
+        "request_id",
+    ],
+)
 def test_ordinary_keys_are_kept(key):
     assert Scrubber().mapping({key: "value"}) == {key: "value"}
 
@@ -52,7 +82,9 @@ def test_nested_values_and_sequences():
 def test_extra_patterns_extend_defaults():
     s = Scrubber(["customer_ref"])
     assert s.mapping({"customer_ref": CANARY, "password": CANARY}) == {
-        "customer_ref": REDACTED, "password": REDACTED}
+        "customer_ref": REDACTED,
+        "password": REDACTED,
+    }
 
 
 def test_marker_does_not_echo_custom_pattern_match():

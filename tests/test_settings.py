@@ -275,3 +275,25 @@ def test_lenient_mode_signal_less_option_falls_back_to_default():
     assert s.error_format == "detail"
     assert s.traces_exporter == "otlp"
     assert len(s.problems) == 1
+
+
+def test_batch_settings_as_keywords():
+    s = load_settings(
+        {"OTEL_BSP_MAX_QUEUE_SIZE": "100"},
+        {"bsp_max_queue_size": 50, "blrp_schedule_delay_ms": 250},
+    )
+    assert s.bsp.max_queue_size == 50
+    assert s.bsp.max_export_batch_size == 50  # the default (512) follows a smaller queue
+    assert s.blrp.schedule_delay_ms == 250
+
+
+def test_every_option_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from otel_dist.settings import KWARG_NAMES, OPTIONS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [env for o in OPTIONS for env in o.env if f"`{env}`" not in readme]
+    missing += [o.name for o in OPTIONS if f"`{o.name}`" not in readme]
+    assert missing == []
+    assert {n for n in KWARG_NAMES if n.startswith(("bsp_", "blrp_"))}

@@ -32,11 +32,15 @@ TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 pytestmark = pytest.mark.integration
 
 WAYS = {
-    "zero-code": ([venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"),
-                   "examples.shop.service:app"], {}),
+    "zero-code": (
+        [venv_bin("opentelemetry-instrument"), venv_bin("uvicorn"), "examples.shop.service:app"],
+        {},
+    ),
     "configure": ([venv_bin("uvicorn"), "examples.shop.main:app"], {}),
-    "configure-contrib": ([venv_bin("uvicorn"), "examples.shop.main:app"],
-                          {"OTEL_DIST_HTTP_INSTRUMENTATION": "contrib"}),
+    "configure-contrib": (
+        [venv_bin("uvicorn"), "examples.shop.main:app"],
+        {"OTEL_DIST_HTTP_INSTRUMENTATION": "contrib"},
+    ),
 }
 
 
@@ -75,13 +79,17 @@ def _drive(base: str, run: Run) -> None:
         r["health"] = client.get("/healthz")
         r["secrets"] = client.get(
             f"/items?limit=5&password={CANARY_QUERY}",
-            headers={"Authorization": f"Bearer {CANARY_HEADER}",
-                     "Cookie": f"session={CANARY_COOKIE}"},
+            headers={
+                "Authorization": f"Bearer {CANARY_HEADER}",
+                "Cookie": f"session={CANARY_COOKIE}",
+            },
         )
         r["login"] = client.post("/login", json={"username": "x", "password": CANARY_PASSWORD})
+        r["outgoing"] = client.get("/outgoing")
         for unsafe in UNSAFE_REQUEST_IDS:
             run.unsafe_id_responses.append(
-                client.get(f"/items/{item}", headers={"X-Request-ID": unsafe}))
+                client.get(f"/items/{item}", headers={"X-Request-ID": unsafe})
+            )
     # uvicorn closes the connection after an unhandled exception: use a connection of its own.
     r["fail"] = httpx.get(f"{base}/fail", timeout=10)
 
@@ -90,9 +98,17 @@ def _complete(sink: OtlpSink) -> bool:
     servers = [s for s in sink.spans() if s.kind == "SERVER"]
     names = {p.name for p in sink.metrics()}
     errors = [rec for rec in sink.logs() if rec.attributes.get("exception.type")]
-    return (len(servers) >= 10 and bool(errors)
-            and {"http.server.request.duration", "db.client.operation.duration",
-                 "db.client.connection.count", "process.cpu.time"} <= names)
+    return (
+        len(servers) >= 10
+        and bool(errors)
+        and {
+            "http.server.request.duration",
+            "db.client.operation.duration",
+            "db.client.connection.count",
+            "process.cpu.time",
+        }
+        <= names
+    )
 
 
 @pytest.fixture(scope="module", params=list(WAYS))
@@ -109,10 +125,16 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             "OTEL_BLRP_SCHEDULE_DELAY": "200",
             "OTEL_METRIC_EXPORT_INTERVAL": "1000",
             "DATABASE_URL": f"sqlite:///{workdir / 'shop.db'}",
+            "SHOP_SELF_URL": f"http://127.0.0.1:{port}",
             **extra_env,
         }
-        server = start_server([*argv, "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              port=port, cwd=ROOT, output_dir=workdir)
+        server = start_server(
+            [*argv, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            port=port,
+            cwd=ROOT,
+            output_dir=workdir,
+        )
         try:
             result = Run(server, sink)
             _drive(server.base_url, result)
@@ -124,10 +146,16 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_exactly_one_server_span_per_request_named_by_route(run: Run):
-    expected = {"create": "POST /items", "read": "GET /items/{item_id}",
-                "read_async": "GET /async/items/{item_id}", "missing": "GET /items/{item_id}",
-                "invalid": "POST /items", "fail": "GET /fail", "secrets": "GET /items",
-                "login": "POST /login"}
+    expected = {
+        "create": "POST /items",
+        "read": "GET /items/{item_id}",
+        "read_async": "GET /async/items/{item_id}",
+        "missing": "GET /items/{item_id}",
+        "invalid": "POST /items",
+        "fail": "GET /fail",
+        "secrets": "GET /items",
+        "login": "POST /login",
+    }
     for key, name in expected.items():
         trace_id, span_id = run.trace_of(key)
         spans = run.server_spans(trace_id)
@@ -189,8 +217,11 @@ def test_http_exception_and_validation_bodies_keep_fastapi_shape_plus_ids(run: R
     missing = run.responses["missing"]
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/json"
-    assert missing.json() == {"detail": "Item not found", "trace_id": run.trace_of("missing")[0],
-                              "request_id": missing.headers["x-request-id"]}
+    assert missing.json() == {
+        "detail": "Item not found",
+        "trace_id": run.trace_of("missing")[0],
+        "request_id": missing.headers["x-request-id"],
+    }
     invalid = run.responses["invalid"]
     assert invalid.status_code == 422
     body = invalid.json()
@@ -204,18 +235,20 @@ def test_response_headers_carry_trace_and_request_ids(run: Run):
     trace_id, span_id = run.trace_of("read")
     flags = TRACEPARENT.fullmatch(read.headers["traceresponse"]).group(3)
     assert int(flags, 16) & 1 == 1  # sampled, and the header says so
-    assert read.headers["server-timing"] == (
-        f'traceparent;desc="00-{trace_id}-{span_id}-{flags}"')
+    assert read.headers["server-timing"] == (f'traceparent;desc="00-{trace_id}-{span_id}-{flags}"')
     assert read.headers["x-request-id"] == "client-req-42"
     exposed = read.headers["access-control-expose-headers"]
     assert {h.strip().lower() for h in exposed.split(",")} >= {
-        "x-request-id", "traceresponse", "server-timing"}
+        "x-request-id",
+        "traceresponse",
+        "server-timing",
+    }
     # The 500 built by Starlette's error middleware carries them too.
     assert run.responses["fail"].headers["traceresponse"]
 
 
 def test_unsafe_request_ids_are_replaced_and_never_echoed(run: Run):
-    for response, unsafe in zip(run.unsafe_id_responses, UNSAFE_REQUEST_IDS):
+    for response, unsafe in zip(run.unsafe_id_responses, UNSAFE_REQUEST_IDS, strict=True):
         rid = response.headers["x-request-id"]
         assert re.fullmatch(r"[0-9a-f]{32}", rid)
         assert unsafe not in run.stdout
@@ -227,8 +260,14 @@ def test_unsafe_request_ids_are_replaced_and_never_echoed(run: Run):
 def test_http_duration_metric_has_route_method_status_and_exemplars(run: Run):
     points = run.metric("http.server.request.duration")
     assert points[0].unit == "s"
-    routes = {(p.attributes.get("http.route"), p.attributes.get("http.request.method"),
-               p.attributes.get("http.response.status_code")) for p in points}
+    routes = {
+        (
+            p.attributes.get("http.route"),
+            p.attributes.get("http.request.method"),
+            p.attributes.get("http.response.status_code"),
+        )
+        for p in points
+    }
     assert ("/items/{item_id}", "GET", 200) in routes
     assert ("/fail", "GET", 500) in routes
     traced = {s.trace_id for s in run.sink.spans() if s.kind == "SERVER"}
@@ -240,8 +279,9 @@ def test_http_duration_metric_has_route_method_status_and_exemplars(run: Run):
 def test_db_and_pool_and_runtime_metrics_exist(run: Run):
     db = run.metric("db.client.operation.duration")
     assert {p.attributes["db.operation.name"] for p in db} >= {"SELECT", "INSERT"}
-    states = {p.attributes["db.client.connection.state"]
-              for p in run.metric("db.client.connection.count")}
+    states = {
+        p.attributes["db.client.connection.state"] for p in run.metric("db.client.connection.count")
+    }
     assert states == {"used", "idle"}
     assert run.metric("db.client.connection.max")
     assert run.metric("db.client.connection.pending_requests")
@@ -252,8 +292,11 @@ def test_otlp_logs_and_stdout_lines_share_the_request_trace_id(run: Run):
     trace_id, span_id = run.trace_of("read")
     exported = [rec for rec in run.sink.logs() if rec.body == "item fetched"]
     assert any(rec.trace_id == trace_id and rec.span_id == span_id for rec in exported)
-    lines = [json.loads(line) for line in run.stdout.splitlines()
-             if line.startswith("{") and '"item fetched"' in line]
+    lines = [
+        json.loads(line)
+        for line in run.stdout.splitlines()
+        if line.startswith("{") and '"item fetched"' in line
+    ]
     mine = [line for line in lines if line.get("trace_id") == trace_id]
     assert mine, run.stdout[-2000:]
     assert mine[0]["span_id"] == span_id
@@ -264,8 +307,11 @@ def test_otlp_logs_and_stdout_lines_share_the_request_trace_id(run: Run):
 
 def test_unhandled_exception_log_has_trace_id_and_stack_trace(run: Run):
     trace_id, _ = run.trace_of("fail")
-    errors = [rec for rec in run.sink.logs()
-              if rec.trace_id == trace_id and rec.attributes.get("exception.type")]
+    errors = [
+        rec
+        for rec in run.sink.logs()
+        if rec.trace_id == trace_id and rec.attributes.get("exception.type")
+    ]
     assert errors, [(r.body, r.trace_id) for r in run.sink.logs()]
     assert errors[0].severity_text == "ERROR"
     assert "the shop failed on purpose" in errors[0].attributes["exception.stacktrace"]
@@ -273,8 +319,9 @@ def test_unhandled_exception_log_has_trace_id_and_stack_trace(run: Run):
 
 def test_canary_secrets_appear_in_no_export_and_no_stdout(run: Run):
     assert run.responses["login"].status_code == 401
-    everything = "\n".join([repr(run.sink.spans()), repr(run.sink.logs()),
-                            repr(run.sink.metrics()), run.stdout])
+    everything = "\n".join(
+        [repr(run.sink.spans()), repr(run.sink.logs()), repr(run.sink.metrics()), run.stdout]
+    )
     leaked = [c for c in CANARIES if c in everything]
     assert leaked == []
     # And the secret-bearing request itself was traced and logged, only redacted.
@@ -290,5 +337,19 @@ def test_no_sql_parameter_values_recorded(run: Run):
     trace_id, _ = run.trace_of("login")
     db = [s for s in run.sink.spans() if s.trace_id == trace_id and s.kind == "CLIENT"]
     assert db
-    assert ":password" in db[0].attributes["db.query.text"] or "?" in db[0].attributes[
-        "db.query.text"]
+    assert (
+        ":password" in db[0].attributes["db.query.text"] or "?" in db[0].attributes["db.query.text"]
+    )
+
+
+def test_outgoing_httpx_call_propagates_the_trace(run: Run):
+    outgoing = run.responses["outgoing"]
+    assert outgoing.status_code == 200
+    trace_id, server_span_id = run.trace_of("outgoing")
+    sent = TRACEPARENT.fullmatch(outgoing.json()["traceparent_sent"])
+    assert sent
+    assert sent.group(1) == trace_id
+    clients = [s for s in run.sink.spans() if s.trace_id == trace_id and s.kind == "CLIENT"]
+    assert [s.name for s in clients] == ["GET"]
+    assert clients[0].parent_span_id == server_span_id
+    assert clients[0].span_id == sent.group(2)

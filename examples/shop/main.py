@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from otel_dist import configure
-
 from examples.shop.service import app, async_engine, engine
+
+from otel_dist import configure
 
 telemetry = configure(app=app, engines=[engine, async_engine])

@@ -27,8 +27,9 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///./shop.db")
 # The async side of the same database (aiosqlite / asyncpg), used by the /async routes.
 ASYNC_DATABASE_URL = os.environ.get(
     "ASYNC_DATABASE_URL",
-    DATABASE_URL.replace("sqlite://", "sqlite+aiosqlite://", 1)
-    .replace("postgresql+psycopg://", "postgresql+asyncpg://", 1),
+    DATABASE_URL.replace("sqlite://", "sqlite+aiosqlite://", 1).replace(
+        "postgresql+psycopg://", "postgresql+asyncpg://", 1
+    ),
 )
 UPSTREAM_URL = os.environ.get("UPSTREAM_URL", "")
 
@@ -36,9 +37,11 @@ UPSTREAM_URL = os.environ.get("UPSTREAM_URL", "")
 def _configure_logging() -> None:
     # The app's own logging setup, as a team would write it; otel-dist adds trace ids to it.
     logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO,
+        stream=sys.stdout,
+        level=logging.INFO,
         format="%(levelname)s %(name)s trace_id=%(trace_id)s %(message)s"
-        if os.environ.get("SHOP_STDLIB_TRACE_FORMAT") else "%(levelname)s %(name)s %(message)s",
+        if os.environ.get("SHOP_STDLIB_TRACE_FORMAT")
+        else "%(levelname)s %(name)s %(message)s",
     )
     structlog.configure(
         processors=[
@@ -161,8 +164,10 @@ def create_app() -> FastAPI:
     def slow(session: SessionDep, n: int = Query(300_000, le=5_000_000)) -> dict[str, int]:
         # A deliberately slow query: a recursive CTE counting to n.
         total = session.execute(
-            text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < :n) "
-                 "SELECT count(*) FROM c"),
+            text(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < :n) "
+                "SELECT count(*) FROM c"
+            ),
             {"n": n},
         ).scalar_one()
         log.info("slow query done", rows=total)
@@ -180,8 +185,10 @@ def create_app() -> FastAPI:
         async with httpx.AsyncClient(timeout=5) as client:
             response = await client.get(url)
         log.info("upstream called", status=response.status_code)
-        return {"upstream_status": response.status_code,
-                "traceparent_sent": response.request.headers.get("traceparent")}
+        return {
+            "upstream_status": response.status_code,
+            "traceparent_sent": response.request.headers.get("traceparent"),
+        }
 
     return app
 

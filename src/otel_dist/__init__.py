@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from otel_dist.telemetry import Telemetry, active, configure
     from otel_dist.errors import error_ids
     from otel_dist.request_id import current_request_id
     from otel_dist.settings import ConfigurationError
+    from otel_dist.telemetry import Telemetry, active, configure
 
 # Public names resolve on first use, so importing a submodule (settings, the launcher's entry
 # points) does not import FastAPI, SQLAlchemy and the SDK up front.

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import fastapi
 
@@ -52,7 +52,7 @@ def chosen_mode(settings: Settings) -> str:
 def excluded_predicate(patterns: tuple[str, ...]) -> Callable[[MutableMapping[str, Any]], bool]:
     """A scope predicate that is True for paths matching any excluded-URL regex."""
     if not patterns:
-        return lambda scope: False
+        return lambda _scope: False
     combined = re.compile("|".join(f"(?:{p})" for p in patterns))
     cache: dict[str, bool] = {}
 
@@ -76,11 +76,12 @@ def contrib_url_patterns(patterns: tuple[str, ...]) -> list[str]:
     """
     rewritten = []
     for pattern in patterns:
-        if pattern.startswith("^"):
-            pattern = r"^[a-z]+://[^/?#]+" + pattern[1:]
-        if pattern.endswith("$") and not pattern.endswith(r"\$"):
-            pattern = pattern[:-1] + r"(?:\?.*)?$"
-        rewritten.append(pattern)
+        url_pattern = pattern
+        if url_pattern.startswith("^"):
+            url_pattern = r"^[a-z]+://[^/?#]+" + url_pattern[1:]
+        if url_pattern.endswith("$") and not url_pattern.endswith(r"\$"):
+            url_pattern = url_pattern[:-1] + r"(?:\?.*)?$"
+        rewritten.append(url_pattern)
     return rewritten
 
 
@@ -106,7 +107,8 @@ class FastAPIInstrumentation:
         install_error_handlers(app, self.settings)
 
     def _configure_native(self, app: fastapi.FastAPI) -> None:
-        telemetry: dict[str, Any] = app._telemetry  # type: ignore[attr-defined]
+        # FastAPI reads this dict on every request, so updating it reconfigures the app in place.
+        telemetry = cast("dict[str, Any]", vars(app)["_telemetry"])
         providers = self.providers
         telemetry.update(
             tracer_provider=providers.tracer_provider,
@@ -167,7 +169,7 @@ class FastAPIInstrumentation:
                 _log.exception("otel-dist: could not instrument a FastAPI app; it runs untraced")
 
         self._original_init = original_init
-        fastapi.FastAPI.__init__ = init  # type: ignore[method-assign]
+        fastapi.FastAPI.__init__ = init  # type: ignore[method-assign,assignment]
 
     def unhook(self) -> None:
         """Stop instrumenting new apps."""

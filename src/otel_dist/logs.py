@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import logging.config
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from opentelemetry.util.types import AnyValue
 from otel_dist.diagnostics import INTERNAL_LOGGER
 from otel_dist.request_id import current_request_id
 from otel_dist.scrub import REDACTED, Scrubber
+from otel_dist.settings import option
 
 __all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install_log_correlation"]
 
@@ -511,14 +513,18 @@ def _stdout_is_tty() -> bool:
 
 
 def configure_structlog(
-    *, log_format: Literal["auto", "json", "console"] = "auto", level: int = logging.INFO
+    *, log_format: Literal["auto", "json", "console"] | None = None, level: int = logging.INFO
 ) -> None:
     """Configure structlog sensibly: JSON lines for machines, readable lines on a terminal.
 
-    ``"auto"`` picks the console renderer when stdout is a TTY, JSON otherwise. Events below
-    ``level`` are dropped before any processor runs. Output goes to stdout. When log correlation
-    is installed (before or after this call), ``inject_trace_ids`` is inserted before the renderer.
+    ``log_format`` defaults to ``OTEL_DIST_LOG_FORMAT`` (``auto``): ``"auto"`` picks the
+    console renderer when stdout is a TTY, JSON otherwise. Events below ``level`` are dropped
+    before any processor runs. Output goes to stdout. When log correlation is installed (before
+    or after this call), ``inject_trace_ids`` is inserted before the renderer.
     """
+    if log_format is None:
+        # OTEL_DIST_LOG_FORMAT, validated like every other setting.
+        log_format = option("log_format").parse(os.environ.get("OTEL_DIST_LOG_FORMAT") or "auto")
     console = log_format == "console" or (log_format == "auto" and _stdout_is_tty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

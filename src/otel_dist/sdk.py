@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -127,7 +127,7 @@ def _span_exporter(settings: Settings) -> SpanExporter:
     otlp = settings.otlp["traces"]
     if otlp.protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # noqa: PLC0415
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
                 OTLPSpanExporter as GrpcSpanExporter,
             )
         except ImportError:
@@ -147,7 +147,7 @@ def _metric_exporter(settings: Settings) -> MetricExporter:
     otlp = settings.otlp["metrics"]
     if otlp.protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # noqa: PLC0415
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
                 OTLPMetricExporter as GrpcMetricExporter,
             )
         except ImportError:
@@ -167,7 +167,7 @@ def _log_exporter(settings: Settings) -> LogRecordExporter:
     otlp = settings.otlp["logs"]
     if otlp.protocol == "grpc":
         try:
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # noqa: PLC0415
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
                 OTLPLogExporter as GrpcLogExporter,
             )
         except ImportError:
@@ -205,7 +205,9 @@ class ScrubbingSpanExporter(SpanExporter):
     def _scrubbed(self, span: ReadableSpan) -> ReadableSpan:
         attributes = self._scrubber.attributes(span.attributes)
         events = [self._scrubbed_event(event) for event in span.events]
-        if attributes is None and all(new is old for new, old in zip(events, span.events)):
+        if attributes is None and all(
+            new is old for new, old in zip(events, span.events, strict=True)
+        ):
             return span
         return ReadableSpan(
             name=span.name,
@@ -257,7 +259,7 @@ class ScrubbingLogExporter(LogRecordExporter):
 
     def shutdown(self) -> None:
         """Shut the wrapped exporter down."""
-        self._inner.shutdown()
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Flush the wrapped exporter."""
@@ -282,7 +284,9 @@ def _tracer_provider(settings: Settings, resource: Resource, scrubber: Scrubber)
 
 
 def _views() -> list[View]:
-    return [View(instrument_name=name, aggregation=DropAggregation()) for name in _DROPPED_INSTRUMENTS]
+    return [
+        View(instrument_name=name, aggregation=DropAggregation()) for name in _DROPPED_INSTRUMENTS
+    ]
 
 
 def _prometheus_reader(settings: Settings) -> tuple[MetricReader, int]:
@@ -304,8 +308,12 @@ def _prometheus_reader(settings: Settings) -> tuple[MetricReader, int]:
         except OSError as exc:
             last_error = exc
             continue
-        _log.info("otel-dist: Prometheus metrics on http://%s:%d/metrics (pid %d)",
-                  settings.prometheus_host, port, os.getpid())
+        _log.info(
+            "otel-dist: Prometheus metrics on http://%s:%d/metrics (pid %d)",
+            settings.prometheus_host,
+            port,
+            os.getpid(),
+        )
         return PrometheusMetricReader(), port
     raise ConfigurationError(
         f"OTEL_EXPORTER_PROMETHEUS_PORT={settings.prometheus_port}: no free port in "
@@ -346,7 +354,9 @@ def _logger_provider(settings: Settings, resource: Resource, scrubber: Scrubber)
     return provider
 
 
-def build_providers(settings: Settings, scrubber: Scrubber, *, strict: bool) -> tuple[Providers, Settings]:
+def build_providers(
+    settings: Settings, scrubber: Scrubber, *, strict: bool
+) -> tuple[Providers, Settings]:
     """Build one provider per enabled signal.
 
     A signal whose pipeline cannot be built (gRPC exporter missing, no free Prometheus port)
@@ -354,7 +364,7 @@ def build_providers(settings: Settings, scrubber: Scrubber, *, strict: bool) -> 
     and the returned settings say so.
     """
     resource = build_resource(settings)
-    builders = {
+    builders: dict[Signal, Callable[[], Any]] = {
         "traces": lambda: _tracer_provider(settings, resource, scrubber),
         "metrics": lambda: _meter_provider(settings, resource),
         "logs": lambda: _logger_provider(settings, resource, scrubber),
@@ -362,7 +372,7 @@ def build_providers(settings: Settings, scrubber: Scrubber, *, strict: bool) -> 
     built: dict[str, Any] = {}
     problems = list(settings.problems)
     for signal, build in builders.items():
-        if settings.exporter(signal) == "none":  # type: ignore[arg-type]
+        if settings.exporter(signal) == "none":
             built[signal] = None
             continue
         try:
@@ -372,7 +382,8 @@ def build_providers(settings: Settings, scrubber: Scrubber, *, strict: bool) -> 
                 raise
             problems.append(str(exc))
             built[signal] = None
-            settings = replace(settings, **{f"{signal}_exporter": "none"})
+            switched_off: dict[str, Any] = {f"{signal}_exporter": "none"}
+            settings = replace(settings, **switched_off)
     meter_provider, port = built["metrics"] if built["metrics"] is not None else (None, None)
     providers = Providers(
         resource=resource,

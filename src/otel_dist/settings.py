@@ -250,57 +250,153 @@ def _opt(name: str, env: str | tuple[str, ...], parse: Callable[[Any], Any], **k
 OPTIONS: tuple[Option, ...] = (
     _opt("sdk_disabled", "OTEL_SDK_DISABLED", _bool, doc="Turn every signal off."),
     _opt("service_name", "OTEL_SERVICE_NAME", _text, doc="`service.name` resource attribute."),
-    _opt("resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", _key_value_list,
-         doc="Extra resource attributes, `k=v,k2=v2`."),
-    _opt("traces_exporter", "OTEL_TRACES_EXPORTER", _choice(SPAN_EXPORTERS), signal="traces",
-         doc="`otlp`, `console` or `none`."),
-    _opt("metrics_exporter", "OTEL_METRICS_EXPORTER", _choice(METRIC_EXPORTERS), signal="metrics",
-         doc="`otlp`, `prometheus`, `console` or `none`."),
-    _opt("logs_exporter", "OTEL_LOGS_EXPORTER", _choice(LOG_EXPORTERS), signal="logs",
-         doc="`otlp`, `console` or `none`."),
-    _opt("sampler", "OTEL_TRACES_SAMPLER", _choice(SAMPLERS), signal="traces",
-         doc="Head sampler."),
-    _opt("sampler_arg", "OTEL_TRACES_SAMPLER_ARG", _ratio, signal="traces",
-         doc="Ratio for the `*traceidratio` samplers, 0.0 to 1.0."),
-    _opt("metric_export_interval_ms", "OTEL_METRIC_EXPORT_INTERVAL", _positive_int,
-         signal="metrics", doc="Milliseconds between metric exports."),
-    _opt("metric_export_timeout_ms", "OTEL_METRIC_EXPORT_TIMEOUT", _positive_int,
-         signal="metrics", doc="Milliseconds one metric export may take."),
-    _opt("prometheus_host", "OTEL_EXPORTER_PROMETHEUS_HOST", _text, signal="metrics",
-         doc="Address the Prometheus scrape endpoint binds."),
-    _opt("prometheus_port", "OTEL_EXPORTER_PROMETHEUS_PORT", _port, signal="metrics",
-         doc="First port of the scrape endpoint; worker *n* uses port + *n*."),
-    _opt("excluded_urls", ("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
-         _regex_list, doc="Comma-separated regexes searched in the request path; no span, "
-         "no metric. Default: health and metrics routes."),
-    _opt("http_instrumentation", "OTEL_DIST_HTTP_INSTRUMENTATION", _choice(HTTP_INSTRUMENTATIONS),
-         doc="`auto` uses FastAPI's native telemetry when the installed FastAPI has it, "
-         "else the contrib middleware; `native` or `contrib` force one."),
-    _opt("error_format", "OTEL_DIST_ERROR_FORMAT", _choice(ERROR_FORMATS),
-         doc="`detail` keeps FastAPI's `{\"detail\": ...}` bodies and adds `trace_id` and "
-         "`request_id`; `problem` answers `application/problem+json` (RFC 9457)."),
-    _opt("debug_errors", "OTEL_DIST_DEBUG_ERRORS", _bool,
-         doc="Show the exception and stack trace in 500 bodies. Never in production."),
-    _opt("response_trace_headers", "OTEL_DIST_RESPONSE_TRACE_HEADERS", _bool,
-         doc="Add `traceresponse` and `Server-Timing: traceparent` to every response."),
-    _opt("request_id_header", "OTEL_DIST_REQUEST_ID_HEADER", _header_name,
-         doc="Header read, generated when missing or unsafe, and echoed."),
-    _opt("sqlcommenter", "OTEL_DIST_SQLCOMMENTER", _bool,
-         doc="Append the trace context to SQL statements as a comment. Defeats "
-         "prepared-statement caches, hence off."),
-    _opt("scrub", "OTEL_DIST_SCRUB", _bool,
-         doc="Redact secrets from spans, logs and structlog output."),
-    _opt("scrub_patterns", "OTEL_DIST_SCRUB_PATTERNS", _regex_list,
-         doc="Extra comma-separated key regexes to redact, added to the defaults."),
-    _opt("log_correlation", "OTEL_DIST_LOG_CORRELATION", _bool,
-         doc="Add trace ids and request id to structlog and standard-library log records."),
-    _opt("log_format", "OTEL_DIST_LOG_FORMAT", _choice(LOG_FORMATS),
-         doc="Renderer of `otel_dist.logs.configure_structlog()`: `json`, `console`, or "
-         "`auto` (console on a TTY, JSON otherwise)."),
-    _opt("runtime_metrics", "OTEL_DIST_RUNTIME_METRICS", _bool,
-         doc="Process CPU, memory, threads, GC metrics."),
-    _opt("shutdown_timeout_s", "OTEL_DIST_SHUTDOWN_TIMEOUT", _positive_float,
-         doc="Seconds the exit/SIGTERM flush may take, even when the collector is down."),
+    _opt(
+        "resource_attributes",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        _key_value_list,
+        doc="Extra resource attributes, `k=v,k2=v2`.",
+    ),
+    _opt(
+        "traces_exporter",
+        "OTEL_TRACES_EXPORTER",
+        _choice(SPAN_EXPORTERS),
+        signal="traces",
+        doc="`otlp`, `console` or `none`.",
+    ),
+    _opt(
+        "metrics_exporter",
+        "OTEL_METRICS_EXPORTER",
+        _choice(METRIC_EXPORTERS),
+        signal="metrics",
+        doc="`otlp`, `prometheus`, `console` or `none`.",
+    ),
+    _opt(
+        "logs_exporter",
+        "OTEL_LOGS_EXPORTER",
+        _choice(LOG_EXPORTERS),
+        signal="logs",
+        doc="`otlp`, `console` or `none`.",
+    ),
+    _opt("sampler", "OTEL_TRACES_SAMPLER", _choice(SAMPLERS), signal="traces", doc="Head sampler."),
+    _opt(
+        "sampler_arg",
+        "OTEL_TRACES_SAMPLER_ARG",
+        _ratio,
+        signal="traces",
+        doc="Ratio for the `*traceidratio` samplers, 0.0 to 1.0.",
+    ),
+    _opt(
+        "metric_export_interval_ms",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        _positive_int,
+        signal="metrics",
+        doc="Milliseconds between metric exports.",
+    ),
+    _opt(
+        "metric_export_timeout_ms",
+        "OTEL_METRIC_EXPORT_TIMEOUT",
+        _positive_int,
+        signal="metrics",
+        doc="Milliseconds one metric export may take.",
+    ),
+    _opt(
+        "prometheus_host",
+        "OTEL_EXPORTER_PROMETHEUS_HOST",
+        _text,
+        signal="metrics",
+        doc="Address the Prometheus scrape endpoint binds.",
+    ),
+    _opt(
+        "prometheus_port",
+        "OTEL_EXPORTER_PROMETHEUS_PORT",
+        _port,
+        signal="metrics",
+        doc="First port tried for the scrape endpoint; each further worker takes the next "
+        "free one.",
+    ),
+    _opt(
+        "excluded_urls",
+        ("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"),
+        _regex_list,
+        doc="Comma-separated regexes searched in the request path; no span, "
+        "no metric. Default: health and metrics routes.",
+    ),
+    _opt(
+        "http_instrumentation",
+        "OTEL_DIST_HTTP_INSTRUMENTATION",
+        _choice(HTTP_INSTRUMENTATIONS),
+        doc="`auto` uses FastAPI's native telemetry when the installed FastAPI has it, "
+        "else the contrib middleware; `native` or `contrib` force one.",
+    ),
+    _opt(
+        "error_format",
+        "OTEL_DIST_ERROR_FORMAT",
+        _choice(ERROR_FORMATS),
+        doc='`detail` keeps FastAPI\'s `{"detail": ...}` bodies and adds `trace_id` and '
+        "`request_id`; `problem` answers `application/problem+json` (RFC 9457).",
+    ),
+    _opt(
+        "debug_errors",
+        "OTEL_DIST_DEBUG_ERRORS",
+        _bool,
+        doc="Show the exception and stack trace in 500 bodies. Never in production.",
+    ),
+    _opt(
+        "response_trace_headers",
+        "OTEL_DIST_RESPONSE_TRACE_HEADERS",
+        _bool,
+        doc="Add `traceresponse` and `Server-Timing: traceparent` to every response.",
+    ),
+    _opt(
+        "request_id_header",
+        "OTEL_DIST_REQUEST_ID_HEADER",
+        _header_name,
+        doc="Header read, generated when missing or unsafe, and echoed.",
+    ),
+    _opt(
+        "sqlcommenter",
+        "OTEL_DIST_SQLCOMMENTER",
+        _bool,
+        doc="Append the trace context to SQL statements as a comment. Defeats "
+        "prepared-statement caches, hence off.",
+    ),
+    _opt(
+        "scrub",
+        "OTEL_DIST_SCRUB",
+        _bool,
+        doc="Redact secrets from spans, logs and structlog output.",
+    ),
+    _opt(
+        "scrub_patterns",
+        "OTEL_DIST_SCRUB_PATTERNS",
+        _regex_list,
+        doc="Extra comma-separated key regexes to redact, added to the defaults.",
+    ),
+    _opt(
+        "log_correlation",
+        "OTEL_DIST_LOG_CORRELATION",
+        _bool,
+        doc="Add trace ids and request id to structlog and standard-library log records.",
+    ),
+    _opt(
+        "log_format",
+        "OTEL_DIST_LOG_FORMAT",
+        _choice(LOG_FORMATS),
+        doc="Renderer of `otel_dist.logs.configure_structlog()`: `json`, `console`, or "
+        "`auto` (console on a TTY, JSON otherwise).",
+    ),
+    _opt(
+        "runtime_metrics",
+        "OTEL_DIST_RUNTIME_METRICS",
+        _bool,
+        doc="Process CPU, memory, threads, GC metrics.",
+    ),
+    _opt(
+        "shutdown_timeout_s",
+        "OTEL_DIST_SHUTDOWN_TIMEOUT",
+        _positive_float,
+        doc="Seconds the exit/SIGTERM flush may take, even when the collector is down.",
+    ),
 )
 
 _OPTION_BY_NAME = {option.name: option for option in OPTIONS}
@@ -315,13 +411,14 @@ KWARG_NAMES = frozenset(
     [option.name for option in OPTIONS]
     + [f"otlp_{name}" for name in OTLP_FIELDS]
     + [f"otlp_{signal}_{name}" for signal in SIGNALS for name in OTLP_FIELDS]
+    + [f"{prefix}_{attr}" for prefix in ("bsp", "blrp") for attr, _ in _BATCH_FIELDS]
 )
 
 
 class _Resolver:
     """Resolves values for one ``load_settings`` call and collects problems when lenient."""
 
-    def __init__(self, env: Mapping[str, str], overrides: Mapping[str, Any], strict: bool):
+    def __init__(self, env: Mapping[str, str], overrides: Mapping[str, Any], strict: bool) -> None:
         self.env = env
         self.overrides = overrides
         self.strict = strict
@@ -375,8 +472,11 @@ def _otlp(resolver: _Resolver, signal: Signal) -> OtlpSettings:
 
     def pick(name: str, parse: Callable[[Any], Any], default: Any) -> Any:
         specific = resolver.value(
-            f"otlp_{signal}_{name}", (f"OTEL_EXPORTER_OTLP_{upper}_{name.upper()}",), parse,
-            None, signal,
+            f"otlp_{signal}_{name}",
+            (f"OTEL_EXPORTER_OTLP_{upper}_{name.upper()}",),
+            parse,
+            None,
+            signal,
         )
         if specific is not None:
             return specific
@@ -385,7 +485,10 @@ def _otlp(resolver: _Resolver, signal: Signal) -> OtlpSettings:
         )
 
     specific_endpoint = resolver.value(
-        f"otlp_{signal}_endpoint", (f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT",), _endpoint, None,
+        f"otlp_{signal}_endpoint",
+        (f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT",),
+        _endpoint,
+        None,
         signal,
     )
     protocol = pick("protocol", _choice(PROTOCOLS), "http/protobuf")
@@ -393,7 +496,10 @@ def _otlp(resolver: _Resolver, signal: Signal) -> OtlpSettings:
         endpoint = specific_endpoint
     else:
         base = resolver.value(
-            "otlp_endpoint", ("OTEL_EXPORTER_OTLP_ENDPOINT",), _endpoint, DEFAULT_OTLP_ENDPOINT,
+            "otlp_endpoint",
+            ("OTEL_EXPORTER_OTLP_ENDPOINT",),
+            _endpoint,
+            DEFAULT_OTLP_ENDPOINT,
             signal,
         )
         # The spec: a signal-less endpoint is a base URL for HTTP, the target itself for gRPC.
@@ -407,13 +513,26 @@ def _otlp(resolver: _Resolver, signal: Signal) -> OtlpSettings:
     )
 
 
-def _batch(resolver: _Resolver, prefix: str, signal: Signal, default: BatchSettings) -> BatchSettings:
+def _batch(
+    resolver: _Resolver, prefix: str, signal: Signal, default: BatchSettings
+) -> BatchSettings:
     values = {
-        attr: resolver.value(f"{prefix.lower()}_{attr}", (f"OTEL_{prefix}_{suffix}",),
-                             _positive_int, getattr(default, attr), signal)
+        attr: resolver.value(
+            f"{prefix.lower()}_{attr}",
+            (f"OTEL_{prefix}_{suffix}",),
+            _positive_int,
+            getattr(default, attr),
+            signal,
+        )
         for attr, suffix in _BATCH_FIELDS
     }
     batch = BatchSettings(**values)
+    batch_size_set, _ = resolver._raw(
+        f"{prefix.lower()}_max_export_batch_size", (f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE",)
+    )
+    if batch_size_set is None and batch.max_export_batch_size > batch.max_queue_size:
+        # Only the queue was made smaller: the default batch size follows it down.
+        return dataclasses.replace(batch, max_export_batch_size=batch.max_queue_size)
     if batch.max_export_batch_size > batch.max_queue_size:
         message = (
             f"OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE={batch.max_export_batch_size} is not valid: "

@@ -81,7 +81,9 @@ class Telemetry:
 
     def _providers(self) -> list[Any]:
         p = self.providers
-        return [x for x in (p.tracer_provider, p.meter_provider, p.logger_provider) if x is not None]
+        return [
+            x for x in (p.tracer_provider, p.meter_provider, p.logger_provider) if x is not None
+        ]
 
     def _uninstrument(self) -> None:
         if self._fastapi is not None:
