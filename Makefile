@@ -38,7 +38,8 @@ $(SA20)/.installed:
 	touch $@
 
 test-sqlalchemy-2.0: $(STAMP) $(SA20)/.installed
-	PYTHONPATH=$(SA20) $(VENV)/bin/pytest -q tests/test_sqlalchemy.py tests/test_sqlalchemy_version.py
+	PYTHONPATH=$(SA20) $(PY) -c "import sqlalchemy, sys; v = sqlalchemy.__version__; print('SQLAlchemy', v); sys.exit(not v.startswith('2.0.'))"
+	PYTHONPATH=$(SA20) $(VENV)/bin/pytest -q tests/test_sqlalchemy.py
 
 e2e stack:
 	@echo "make $@: the Collector/Tempo/Loki/Prometheus stack is issue B (issues show 3); not built yet" >&2; exit 2
