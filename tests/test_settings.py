@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from otel_dist.settings import DEFAULT_EXCLUDED_URLS, ConfigurationError, load_settings
+from otel_dist.settings import (
+    DEFAULT_EXCLUDED_URLS,
+    KWARG_NAMES,
+    OPTIONS,
+    ConfigurationError,
+    load_settings,
+)
 
 
 def test_defaults_without_environment():
@@ -288,10 +296,6 @@ def test_batch_settings_as_keywords():
 
 
 def test_every_option_is_documented_in_the_readme():
-    from pathlib import Path
-
-    from otel_dist.settings import KWARG_NAMES, OPTIONS
-
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [env for o in OPTIONS for env in o.env if f"`{env}`" not in readme]
     missing += [o.name for o in OPTIONS if f"`{o.name}`" not in readme]

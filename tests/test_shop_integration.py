@@ -94,19 +94,27 @@ def _drive(base: str, run: Run) -> None:
     r["fail"] = httpx.get(f"{base}/fail", timeout=10)
 
 
-def _complete(sink: OtlpSink) -> bool:
-    servers = [s for s in sink.spans() if s.kind == "SERVER"]
+def _complete(run: Run) -> bool:
+    """Everything the scenario produced has arrived (exports are batched and periodic)."""
+    sink = run.sink
+    traced = {
+        r.headers["traceresponse"].split("-")[1]
+        for r in run.responses.values()
+        if "traceresponse" in r.headers
+    }
+    servers = {s.trace_id for s in sink.spans() if s.kind == "SERVER"}
+    routes = {
+        p.attributes.get("http.route")
+        for p in sink.metrics()
+        if p.name == "http.server.request.duration"
+    }
     names = {p.name for p in sink.metrics()}
     errors = [rec for rec in sink.logs() if rec.attributes.get("exception.type")]
     return (
-        len(servers) >= 10
+        traced <= servers
         and bool(errors)
-        and {
-            "http.server.request.duration",
-            "db.client.operation.duration",
-            "db.client.connection.count",
-            "process.cpu.time",
-        }
+        and {"/fail", "/items/{item_id}"} <= routes
+        and {"db.client.operation.duration", "db.client.connection.count", "process.cpu.time"}
         <= names
     )
 
@@ -138,7 +146,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         try:
             result = Run(server, sink)
             _drive(server.base_url, result)
-            assert sink.wait_for(_complete, timeout=20), server.output()
+            assert sink.wait_for(lambda _: _complete(result), timeout=30), server.output()
             result.stdout = server.output()
             yield result
         finally:

@@ -19,9 +19,13 @@ commands:
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand; returns the process exit status."""
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
-        return 0 if args else 2
+    if not args:
+        # A missing command is a usage error: the usage goes to stderr, like argparse does.
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    if args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
     command, rest = args[0], args[1:]
     if command == "--version":
         print(f"otel-dist {__version__}")
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         from otel_dist import sink  # noqa: PLC0415
 
         return sink.main(rest)
-    print(f"otel-dist: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    print(f"otel-dist: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
 

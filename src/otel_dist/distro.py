@@ -8,45 +8,80 @@ SQLAlchemy, logging, structlog, httpx, runtime metrics) so nothing runs twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from typing import Any
 
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
 _log = logging.getLogger("otel_dist.internal")
 NAME = "otel_dist"
 # Contrib instrumentors replaced by our own code path (see telemetry.py).
 HANDLED_BY_OTEL_DIST = frozenset(
-    {"fastapi", "starlette", "asgi", "sqlalchemy", "logging", "structlog", "httpx",
-     "system_metrics"}
+    {
+        "fastapi",
+        "starlette",
+        "asgi",
+        "sqlalchemy",
+        "logging",
+        "structlog",
+        "httpx",
+        "system_metrics",
+    }
+)
+# The launcher takes the first installed entry point of each group unless its variable names one.
+CHOOSERS = (
+    ("opentelemetry_distro", "OTEL_PYTHON_DISTRO"),
+    ("opentelemetry_configurator", "OTEL_PYTHON_CONFIGURATOR"),
 )
 
 
-def conflicts() -> list[str]:
-    """Other distros/configurators installed beside ours, each with what to set."""
+def conflicts(env: Mapping[str, str] | None = None) -> list[str]:
+    """Other distros/configurators that could be chosen instead of ours, each with what to set.
+
+    ``env`` defaults to this process's environment. Once ``OTEL_PYTHON_DISTRO`` and
+    ``OTEL_PYTHON_CONFIGURATOR`` both name otel_dist, nothing else installed can be chosen.
+    """
+    env = os.environ if env is None else env
     found: list[str] = []
-    for group, variable in (
-        ("opentelemetry_distro", "OTEL_PYTHON_DISTRO"),
-        ("opentelemetry_configurator", "OTEL_PYTHON_CONFIGURATOR"),
-    ):
-        others = [ep.name for ep in entry_points(group=group) if ep.name != NAME]
-        if others and os.environ.get(variable) != NAME:
+    for group, variable in CHOOSERS:
+        others = {ep.name for ep in entry_points(group=group) if ep.name != NAME}
+        if others and env.get(variable) != NAME:
             found.append(
                 f"{group} entry point(s) {', '.join(sorted(others))} installed beside otel_dist: "
                 f"set {variable}={NAME} (or uninstall them)"
             )
-    try:
-        found.append(
-            f"opentelemetry-distro {version('opentelemetry-distro')} is installed: otel-dist "
-            "replaces it; uninstall it or set OTEL_PYTHON_DISTRO=otel_dist and "
-            "OTEL_PYTHON_CONFIGURATOR=otel_dist"
-        )
-    except PackageNotFoundError:
-        pass
+    if any(env.get(variable) != NAME for _, variable in CHOOSERS):
+        with contextlib.suppress(PackageNotFoundError):
+            found.append(
+                f"opentelemetry-distro {version('opentelemetry-distro')} is installed: otel-dist "
+                "replaces it; uninstall it or set OTEL_PYTHON_DISTRO=otel_dist and "
+                "OTEL_PYTHON_CONFIGURATOR=otel_dist"
+            )
     return found
+
+
+_LAUNCHER_LOGGER = "opentelemetry.instrumentation.auto_instrumentation._load"
+
+
+class _ReplacedInstrumentorFilter(logging.Filter):
+    """Drops the launcher's dependency-conflict errors about instrumentors otel-dist replaces.
+
+    The launcher checks each instrumentor's declared library range before asking the distro to
+    load it, and logs an error when it does not match (the contrib SQLAlchemy instrumentor
+    declares ``sqlalchemy<2.1``). For the ones in ``HANDLED_BY_OTEL_DIST`` that error is wrong:
+    otel-dist instruments that library itself.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(
+            message.startswith(f"{name} only instruments ") for name in HANDLED_BY_OTEL_DIST
+        )
 
 
 class OtelDistro(BaseDistro):  # type: ignore[misc]
@@ -59,6 +94,9 @@ class OtelDistro(BaseDistro):  # type: ignore[misc]
         os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", NAME)
         for conflict in conflicts():
             _log.warning("otel-dist: %s", conflict)
+        launcher_log = logging.getLogger(_LAUNCHER_LOGGER)
+        if not any(isinstance(f, _ReplacedInstrumentorFilter) for f in launcher_log.filters):
+            launcher_log.addFilter(_ReplacedInstrumentorFilter())
 
     def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
         """Load an instrumentor unless otel-dist already does its job."""
@@ -68,7 +106,7 @@ class OtelDistro(BaseDistro):  # type: ignore[misc]
         super().load_instrumentor(entry_point, **kwargs)
 
 
-class OtelConfigurator(_BaseConfigurator):  # type: ignore[misc]
+class OtelConfigurator(_BaseConfigurator):
     """Builds the SDK and instruments through the same code as ``configure()``."""
 
     def _configure(self, **kwargs: Any) -> None:

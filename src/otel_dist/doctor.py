@@ -7,20 +7,23 @@ for each that won't, why; conflicting distros/configurators; whether each OTLP e
 
 from __future__ import annotations
 
+import base64
 import os
 import platform
+import re
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, entry_points, version
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from importlib.util import find_spec
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from otel_dist import __version__
-from otel_dist.distro import HANDLED_BY_OTEL_DIST, conflicts
-from otel_dist.settings import SIGNALS, Settings, load_settings
+from otel_dist.distro import CHOOSERS, HANDLED_BY_OTEL_DIST, NAME, conflicts
+from otel_dist.settings import SIGNALS, Settings, Signal, load_settings
 
 MASK = "***"
 _VERSIONED = (
@@ -36,6 +39,11 @@ _VERSIONED = (
     "httpx",
     "greenlet",
 )
+# Settings problems quote the raw value: for these variables the value itself is the secret.
+_SECRET_VALUE_VARIABLE = re.compile(r"OTEL_EXPORTER_OTLP_(?:[A-Z]+_)?HEADERS")
+_URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s']*@")
+_PROBLEM_SEPARATOR = " is not valid: "
+USAGE = "usage: otel-dist doctor [--no-network]"
 
 
 @dataclass
@@ -70,9 +78,19 @@ def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
-    host = parts.hostname or ""
-    netloc = f"{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # Keep the host exactly as written (an IPv6 address keeps its brackets).
+    host_and_port = parts.netloc.rpartition("@")[2]
+    return urlunsplit(
+        (parts.scheme, f"{MASK}@{host_and_port}", parts.path, parts.query, parts.fragment)
+    )
+
+
+def mask_problem(problem: str) -> str:
+    """A settings problem with credentials in URLs and OTLP header values masked."""
+    variable, sep, rest = problem.partition("=")
+    if sep and _SECRET_VALUE_VARIABLE.fullmatch(variable) and _PROBLEM_SEPARATOR in rest:
+        problem = f"{variable}={MASK}{_PROBLEM_SEPARATOR}{rest.rpartition(_PROBLEM_SEPARATOR)[2]}"
+    return _URL_USERINFO.sub(f"{MASK}@", problem)
 
 
 def _installed(dist: str) -> str | None:
@@ -93,8 +111,8 @@ def _settings_lines(settings: Settings) -> list[str]:
         otlp = settings.otlp[signal]
         headers = ", ".join(f"{k}={MASK}" for k in otlp.headers) or "none"
         lines.append(
-            f"otlp {signal}: {mask_url(otlp.endpoint)} ({otlp.protocol}, timeout {otlp.timeout_s}s, "
-            f"compression {otlp.compression}, headers: {headers})"
+            f"otlp {signal}: {mask_url(otlp.endpoint)} ({otlp.protocol}, "
+            f"timeout {otlp.timeout_s}s, compression {otlp.compression}, headers: {headers})"
         )
     lines += [
         f"excluded urls = {', '.join(settings.excluded_urls) or 'none'}",
@@ -109,60 +127,174 @@ def _settings_lines(settings: Settings) -> list[str]:
     return lines
 
 
-def _instrumentation_lines(settings: Settings) -> tuple[list[str], list[str]]:
-    lines: list[str] = []
-    skipped: list[str] = []
+_Verdict = tuple[bool, str]  # (runs, why)
 
-    def check(name: str, runs: bool, why: str) -> None:
-        (lines if runs else skipped).append(f"{name}: {why}")
 
-    traces_or_metrics = settings.exporter("traces") != "none" or settings.exporter("metrics") != "none"
+def _exports(settings: Settings, signal: Signal) -> bool:
+    return settings.exporter(signal) != "none"
+
+
+def _fastapi(settings: Settings) -> _Verdict:
     fastapi_version = _installed("fastapi")
     if fastapi_version is None:
-        check("fastapi", False, "FastAPI is not installed")
-    else:
-        native = find_spec("fastapi.telemetry") is not None
-        mode = "contrib" if settings.http_instrumentation == "contrib" or not native else "native"
-        check("fastapi", traces_or_metrics, f"FastAPI {fastapi_version}, {mode} telemetry"
-              if traces_or_metrics else "traces and metrics exporters are none")
+        return False, "FastAPI is not installed"
+    native = find_spec("fastapi.telemetry") is not None
+    mode = "contrib" if settings.http_instrumentation == "contrib" or not native else "native"
+    why = f"FastAPI {fastapi_version}, {mode} telemetry"
+    if settings.http_instrumentation == "native" and not native:
+        why += " (OTEL_DIST_HTTP_INSTRUMENTATION=native, but this FastAPI has none)"
+    if not (_exports(settings, "traces") or _exports(settings, "metrics")):
+        # telemetry.py still adds the middleware and error handlers.
+        why += "; request ids and error bodies only: traces and metrics exporters are none"
+    return True, why
+
+
+def _sqlalchemy(settings: Settings) -> _Verdict:
     sa_version = _installed("sqlalchemy")
     if sa_version is None:
-        check("sqlalchemy", False, "SQLAlchemy is not installed")
-    else:
-        greenlet = "AsyncEngine supported" if _installed("greenlet") else \
-            "greenlet not installed: sync engines only"
-        check("sqlalchemy", traces_or_metrics, f"SQLAlchemy {sa_version} (otel-dist events; "
-              f"{greenlet})" if traces_or_metrics else "traces and metrics exporters are none")
+        return False, "SQLAlchemy is not installed"
+    if not (_exports(settings, "traces") or _exports(settings, "metrics")):
+        return False, "traces and metrics exporters are none"
+    greenlet = (
+        "AsyncEngine supported"
+        if _installed("greenlet")
+        else "greenlet not installed: sync engines only"
+    )
+    return True, f"SQLAlchemy {sa_version} (otel-dist events; {greenlet})"
+
+
+def _structlog(settings: Settings) -> _Verdict:
     structlog_version = _installed("structlog")
-    check("structlog", structlog_version is not None and settings.log_correlation,
-          f"structlog {structlog_version}: trace ids injected before the renderer"
-          if structlog_version and settings.log_correlation
-          else "structlog not installed" if not structlog_version
-          else "OTEL_DIST_LOG_CORRELATION=false")
-    check("logging", True, "stdlib records get trace_id/span_id/request_id"
-          + ("; exported over OTLP" if settings.exporter("logs") != "none" else ""))
-    check("httpx", _installed("httpx") is not None and settings.exporter("traces") != "none",
-          "outgoing calls carry traceparent" if _installed("httpx") else "httpx not installed")
-    check("runtime metrics", settings.runtime_metrics and settings.exporter("metrics") != "none",
-          "process CPU/memory/threads/GC" if settings.runtime_metrics
-          else "OTEL_DIST_RUNTIME_METRICS=false")
+    if structlog_version is None:
+        return False, "structlog not installed"
+    if not settings.log_correlation:
+        return False, "OTEL_DIST_LOG_CORRELATION=false"
+    return True, f"structlog {structlog_version}: trace ids injected before the renderer"
+
+
+def _logging(settings: Settings) -> _Verdict:
+    exported = {"otlp": "; exported over OTLP", "console": "; exported to the console"}.get(
+        settings.exporter("logs"), ""
+    )
+    if settings.log_correlation:
+        return True, "stdlib records get trace_id/span_id/request_id" + exported
+    if exported:
+        return True, f"records{exported}, no ids added (OTEL_DIST_LOG_CORRELATION=false)"
+    return False, "OTEL_DIST_LOG_CORRELATION=false and logs exporter none"
+
+
+def _httpx(settings: Settings) -> _Verdict:
+    if _installed("httpx") is None:
+        return False, "httpx not installed"
+    if _exports(settings, "traces"):
+        return True, "outgoing calls carry traceparent"
+    if _exports(settings, "metrics"):
+        return True, "client request metrics only: traces exporter is none"
+    return False, "traces and metrics exporters are none"
+
+
+def _runtime_metrics(settings: Settings) -> _Verdict:
+    if not settings.runtime_metrics:
+        return False, "OTEL_DIST_RUNTIME_METRICS=false"
+    if not _exports(settings, "metrics"):
+        return False, "metrics exporter is none"
+    return True, "process CPU/memory/threads/GC"
+
+
+_OURS: tuple[tuple[str, Callable[[Settings], _Verdict]], ...] = (
+    ("fastapi", _fastapi),
+    ("sqlalchemy", _sqlalchemy),
+    ("structlog", _structlog),
+    ("logging", _logging),
+    ("httpx", _httpx),
+    ("runtime metrics", _runtime_metrics),
+)
+
+
+def _contrib_problem(ep: EntryPoint) -> str | None:
+    """None when the launcher would instrument with ``ep``; else why it skips it."""
+    from opentelemetry.instrumentation.dependencies import (  # noqa: PLC0415
+        get_dependency_conflicts,
+        get_dist_dependency_conflicts,
+    )
+
+    try:
+        conflict = get_dist_dependency_conflicts(ep.dist) if ep.dist is not None else None
+        if conflict is None:
+            # The launcher skips an instrumentor whose library is missing when instrument()
+            # raises ModuleNotFoundError; its declared dependencies tell the same without calling.
+            conflict = get_dependency_conflicts(ep.load()().instrumentation_dependencies())
+    except Exception as exc:  # doctor reports, never crashes
+        return f"cannot be loaded: {exc}"
+    return None if conflict is None else str(conflict)
+
+
+def _contrib_instrumentations(env: Mapping[str, str]) -> list[tuple[str, bool, str]]:
+    """The launcher's own instrumentors: the ones otel-dist does not replace."""
+    disabled = {x.strip() for x in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    found: list[tuple[str, bool, str]] = []
     for ep in entry_points(group="opentelemetry_instrumentor"):
         if ep.name in HANDLED_BY_OTEL_DIST:
             continue
-        lines.append(f"{ep.name}: contrib instrumentor, loaded by opentelemetry-instrument")
+        if "*" in disabled or ep.name in disabled:
+            found.append((ep.name, False, "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"))
+            continue
+        problem = _contrib_problem(ep)
+        if problem is None:
+            found.append(
+                (ep.name, True, "contrib instrumentor, loaded by opentelemetry-instrument")
+            )
+        else:
+            found.append((ep.name, False, f"contrib instrumentor skipped: {problem}"))
+    return found
+
+
+def _instrumentation_lines(
+    settings: Settings, env: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """Lines for the instrumentations that will run, and those that won't (with the reason)."""
+    verdicts = [(name, *verdict(settings)) for name, verdict in _OURS]
+    if settings.sdk_disabled:
+        verdicts = [(name, False, "OTEL_SDK_DISABLED=true") for name, _, _ in verdicts]
+    lines: list[str] = []
+    skipped: list[str] = []
+    for name, runs, why in verdicts + _contrib_instrumentations(env):
+        (lines if runs else skipped).append(f"{name}: {why}")
     return lines, skipped
+
+
+def _distro_lines(found: list[str]) -> list[str]:
+    if found:
+        return found
+    # No conflict: each group with other entry points has its variable set to ours.
+    lines = []
+    for group, variable in CHOOSERS:
+        others = sorted({ep.name for ep in entry_points(group=group) if ep.name != NAME})
+        if others:
+            lines.append(f"{group}: {variable}={NAME} chooses otel_dist over {', '.join(others)}")
+    return lines or ["otel_dist only: no conflict"]
 
 
 def _probe_otlp_http(endpoint: str, timeout: float) -> str | None:
     """None when the endpoint answers an (empty) OTLP export; else the reason it does not."""
+    parts = urlsplit(endpoint)
+    headers = {"Content-Type": "application/x-protobuf"}
+    if parts.username is not None or parts.password is not None:
+        # urllib would take user:password@ for part of the host name: send it as the exporter
+        # does, in an Authorization header.
+        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        netloc = parts.netloc.rpartition("@")[2]
+        endpoint = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     request = urllib.request.Request(  # noqa: S310 - the URL is validated http(s) by settings
-        endpoint, data=b"", method="POST", headers={"Content-Type": "application/x-protobuf"}
+        endpoint, data=b"", method="POST", headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             del response
             return None
     except urllib.error.HTTPError as exc:
+        exc.close()
         # Any HTTP answer proves something listens; 404 means a wrong path though.
         return f"answers HTTP {exc.code} (wrong path?)" if exc.code == 404 else None
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -170,8 +302,9 @@ def _probe_otlp_http(endpoint: str, timeout: float) -> str | None:
         return f"does not answer: {reason}"
 
 
-def _endpoint_lines(settings: Settings, probe: Callable[[str, float], str | None],
-                    report: Report) -> list[str]:
+def _endpoint_lines(
+    settings: Settings, probe: Callable[[str, float], str | None], report: Report
+) -> list[str]:
     lines: list[str] = []
     for signal in SIGNALS:
         if settings.exporter(signal) != "otlp":
@@ -186,6 +319,7 @@ def _endpoint_lines(settings: Settings, probe: Callable[[str, float], str | None
         if problem is None:
             lines.append(f"{signal}: {shown} answers")
         else:
+            problem = mask_problem(problem)
             lines.append(f"{signal}: {shown} {problem}")
             report.problems.append(f"OTLP {signal} endpoint {shown} {problem}")
     return lines
@@ -207,26 +341,38 @@ def diagnose(
     probe: Callable[[str, float], str | None] = _probe_otlp_http,
 ) -> Report:
     """Build the doctor report for ``env`` (default: this process's environment)."""
-    settings = load_settings(os.environ if env is None else env, strict=False)
+    env = os.environ if env is None else env
+    settings = load_settings(env, strict=False)
     report = Report()
-    report.problems.extend(settings.problems)
+    # A bad shared OTLP variable breaks every signal and is recorded once per signal: list it once.
+    report.problems.extend(dict.fromkeys(mask_problem(problem) for problem in settings.problems))
     report.add("settings (secrets masked)", _settings_lines(settings))
-    report.add("versions", [f"python {platform.python_version()}", f"otel-dist {__version__}"]
-               + [f"{dist} {_installed(dist) or 'not installed'}" for dist in _VERSIONED])
-    running, skipped = _instrumentation_lines(settings)
+    report.add(
+        "versions",
+        [f"python {platform.python_version()}", f"otel-dist {__version__}"]
+        + [f"{dist} {_installed(dist) or 'not installed'}" for dist in _VERSIONED],
+    )
+    running, skipped = _instrumentation_lines(settings, env)
     report.add("instrumentations that will run", running or ["none"])
     report.add("instrumentations that will not run", skipped or ["none"])
-    found = conflicts()
+    found = conflicts(env)
     report.problems.extend(found)
-    report.add("distros and configurators", found or ["otel_dist only: no conflict"])
+    report.add("distros and configurators", _distro_lines(found))
     if network:
         report.add("endpoints", _endpoint_lines(settings, probe, report))
     return report
 
 
 def main(argv: list[str] | None = None, *, out: Callable[[str], Any] = print) -> int:
-    """Print the report; exit status 1 when a problem was found."""
-    network = "--no-network" not in (argv or [])
-    report = diagnose(network=network)
+    """Print the report; exit status 1 when a problem was found, 2 on a bad argument."""
+    args = list(argv or [])
+    if any(arg in ("-h", "--help") for arg in args):
+        out(USAGE)
+        return 0
+    unknown = [arg for arg in args if arg != "--no-network"]
+    if unknown:
+        print(f"otel-dist doctor: unknown argument {unknown[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    report = diagnose(network="--no-network" not in args)
     out(report.render())
     return 1 if report.problems else 0

@@ -120,7 +120,8 @@ def _phrase(status: int) -> str:
 def install_error_handlers(app: FastAPI, settings: Settings) -> list[str]:
     """Replace FastAPI's default handlers with id-carrying ones; keep the app's own.
 
-    Returns the names of the handlers installed (for doctor and logs).
+    Starlette copies the handlers into the middleware stack when it builds it, so call this
+    before the stack is (re)built. Returns the names of the handlers installed.
     """
     bodies = _ErrorBodies(settings)
     installed: list[str] = []

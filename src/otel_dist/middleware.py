@@ -17,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from otel_dist import request_id
 
 REQUEST_ID_ATTRIBUTE = "http.request.id"
+# Marks a request we already handle, so a mounted app instrumented too (the zero-code path
+# instruments every FastAPI app) does not generate a second id or add the headers twice.
+_SCOPE_KEY = "otel_dist.request_id"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -43,12 +46,13 @@ class TelemetryMiddleware:
         self._exposed = ", ".join(exposed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one ASGI call; non-HTTP scopes pass straight through."""
-        if scope["type"] != "http":
+        """Handle one ASGI call; non-HTTP scopes and already-handled requests pass through."""
+        if scope["type"] != "http" or _SCOPE_KEY in scope:
             await self.app(scope, receive, send)
             return
         rid = request_id.accept_or_generate(self._incoming_id(scope))
         token = request_id.bind(rid)
+        scope[_SCOPE_KEY] = rid
         scope.setdefault("state", {})["request_id"] = rid
         span = trace.get_current_span()
         if span.is_recording():
@@ -71,6 +75,8 @@ class TelemetryMiddleware:
         return None
 
     def _add_headers(self, message: Message, rid: str, span: trace.Span) -> None:
+        # ASGI makes "headers" optional: a mounted raw ASGI app may send a start without it.
+        message.setdefault("headers", [])
         headers = MutableHeaders(scope=message)
         # Set, not append: an app that echoed the id itself must not end up with two.
         headers[self._header] = rid
@@ -83,7 +89,8 @@ class TelemetryMiddleware:
 
 
 def _expose(headers: MutableHeaders, names: str) -> None:
-    current = headers.get("access-control-expose-headers")
+    # Every line the app sent: setting the header below replaces all of them.
+    current = ", ".join(headers.getlist("access-control-expose-headers"))
     headers["access-control-expose-headers"] = f"{current}, {names}" if current else names
 
 
