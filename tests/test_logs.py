@@ -574,3 +574,29 @@ def test_installing_again_replaces_the_previous_installation(install):
     assert len(position_of_ours(list(structlog.get_config()["processors"]))) == 1
     first.uninstall()  # already replaced: a no-op that leaves the second one working
     assert len(position_of_ours(list(structlog.get_config()["processors"]))) == 1
+
+
+def test_add_ids_false_scrubs_and_exports_without_ids(logger_provider, exporter):
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(out),
+    )
+    correlation = install_log_correlation(
+        service_name="svc", scrubber=Scrubber(), logger_provider=logger_provider, add_ids=False
+    )
+    try:
+        tracer = TracerProvider().get_tracer("t")
+        with tracer.start_as_current_span("s") as span:
+            structlog.get_logger("app").info("hello", password="CANARY9")
+            record = logging.getLogRecordFactory()("app", logging.INFO, __file__, 1, "m", (), None)
+        line = json.loads(out.getvalue())
+        assert "trace_id" not in line
+        assert "service.name" not in line
+        assert line["password"] == "[REDACTED]"
+        assert record.trace_id == ""
+        exported = exporter.get_finished_logs()
+        assert exported[0].log_record.trace_id == span.get_span_context().trace_id
+    finally:
+        correlation.uninstall()
+        structlog.reset_defaults()

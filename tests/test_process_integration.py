@@ -307,3 +307,23 @@ def test_unsampled_requests_still_carry_ids_in_headers_and_logs(
     assert otlp_sink.wait_for(lambda s: any(r.body == "pid served" for r in s.logs()), timeout=10)
     assert [r.trace_id for r in otlp_sink.logs() if r.body == "pid served"] == [match.group(1)]
     assert not otlp_sink.spans()
+
+
+def test_disabled_instrumentations_are_skipped_with_the_reason():
+    code = (
+        "from otel_dist import configure\n"
+        "t = configure()\n"
+        "print(sorted(t.skipped.items()))\n"
+        "print(t.instrumented)\n"
+    )
+    done = _python(
+        code,
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="sqlalchemy,structlog",
+    )
+    assert done.returncode == 0, done.stderr
+    skipped, instrumented = done.stdout.strip().splitlines()
+    assert "('sqlalchemy', 'listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS')" in skipped
+    assert "('logging', 'listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS')" in skipped
+    assert "sqlalchemy" not in instrumented
+    assert "fastapi (native)" in instrumented

@@ -163,9 +163,18 @@ def test_resource_attributes_as_mapping_keyword():
             "accepted values: http/protobuf, grpc",
         ),
         (
-            {"OTEL_EXPORTER_OTLP_HEADERS": "novalue"},
-            "OTEL_EXPORTER_OTLP_HEADERS='novalue' is not valid: "
+            {"OTEL_EXPORTER_OTLP_HEADERS": "Bearer s3cr3t"},
+            "OTEL_EXPORTER_OTLP_HEADERS='***' is not valid: "
             "expected comma-separated key=value pairs",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:s3cr3t@host:99999"},
+            "OTEL_EXPORTER_OTLP_ENDPOINT='http://***@host:99999' is not valid: "
+            "expected an absolute http:// or https:// URL",
+        ),
+        (
+            {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": " "},
+            None,
         ),
         (
             {"OTEL_EXPORTER_OTLP_TIMEOUT": "-1"},
@@ -235,6 +244,9 @@ def test_resource_attributes_as_mapping_keyword():
     ],
 )
 def test_bad_environment_value_message(env, message):
+    if message is None:  # blank means unset, not an error
+        assert load_settings(env).problems == ()
+        return
     with pytest.raises(ConfigurationError) as info:
         load_settings(env)
     assert str(info.value) == message
@@ -301,3 +313,13 @@ def test_every_option_is_documented_in_the_readme():
     missing += [o.name for o in OPTIONS if f"`{o.name}`" not in readme]
     assert missing == []
     assert {n for n in KWARG_NAMES if n.startswith(("bsp_", "blrp_"))}
+
+
+def test_disabled_instrumentations_list():
+    s = load_settings({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "FastAPI, httpx"})
+    assert s.disabled_instrumentations == ("fastapi", "httpx")
+    assert not s.instrumentation_enabled("fastapi")
+    assert s.instrumentation_enabled("sqlalchemy")
+    assert not load_settings(
+        {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "*"}
+    ).instrumentation_enabled("sqlalchemy")

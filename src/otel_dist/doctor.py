@@ -211,6 +211,15 @@ _OURS: tuple[tuple[str, Callable[[Settings], _Verdict]], ...] = (
 )
 
 
+# The OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names that turn each of ours off (logging and
+# structlog are one unit in otel-dist: either name turns both off).
+_DISABLE_NAMES = {
+    "runtime metrics": ("system_metrics",),
+    "logging": ("logging", "structlog"),
+    "structlog": ("logging", "structlog"),
+}
+
+
 def _contrib_problem(ep: EntryPoint) -> str | None:
     """None when the launcher would instrument with ``ep``; else why it skips it."""
     from opentelemetry.instrumentation.dependencies import (  # noqa: PLC0415
@@ -253,7 +262,12 @@ def _instrumentation_lines(
     settings: Settings, env: Mapping[str, str]
 ) -> tuple[list[str], list[str]]:
     """Lines for the instrumentations that will run, and those that won't (with the reason)."""
-    verdicts = [(name, *verdict(settings)) for name, verdict in _OURS]
+    verdicts = [
+        (name, *verdict(settings))
+        if all(settings.instrumentation_enabled(n) for n in _DISABLE_NAMES.get(name, (name,)))
+        else (name, False, "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")
+        for name, verdict in _OURS
+    ]
     if settings.sdk_disabled:
         verdicts = [(name, False, "OTEL_SDK_DISABLED=true") for name, _, _ in verdicts]
     lines: list[str] = []

@@ -92,6 +92,7 @@ _structlog_record_pending: contextvars.ContextVar[str | None] = contextvars.Cont
 class _State:
     service_name: str
     scrubber: Scrubber | None  # None when scrubbing is disabled: skip the loop entirely
+    add_ids: bool = True  # False: OTEL_DIST_LOG_CORRELATION=false, export and scrub only
 
 
 _state: _State | None = None
@@ -121,22 +122,28 @@ def inject_trace_ids(
     export) sees a secret. Never raises.
     """
     try:
-        context = get_current_span().get_span_context()
-        if context.is_valid:
-            event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
-            event_dict.setdefault("span_id", format(context.span_id, "016x"))
-            event_dict.setdefault("trace_flags", format(context.trace_flags, "02x"))
-        request_id = current_request_id()
-        if request_id is not None:
-            event_dict.setdefault("request_id", request_id)
         state = _state
+        if state is None or state.add_ids:
+            _add_ids(event_dict)
         if state is not None:
-            event_dict.setdefault("service.name", state.service_name)
+            if state.add_ids:
+                event_dict.setdefault("service.name", state.service_name)
             if state.scrubber is not None:
                 _scrub_event(event_dict, state.scrubber)
     except Exception:
         _warn_once("inject_trace_ids")
     return event_dict
+
+
+def _add_ids(event_dict: MutableMapping[str, Any]) -> None:
+    context = get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+        event_dict.setdefault("trace_flags", format(context.trace_flags, "02x"))
+    request_id = current_request_id()
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
 
 
 def _scrub_event(event_dict: MutableMapping[str, Any], scrubber: Scrubber) -> None:
@@ -233,9 +240,14 @@ class LogCorrelation:
     """
 
     def __init__(
-        self, *, service_name: str, scrubber: Scrubber, logger_provider: LoggerProvider | None
+        self,
+        *,
+        service_name: str,
+        scrubber: Scrubber,
+        logger_provider: LoggerProvider | None,
+        add_ids: bool = True,
     ) -> None:
-        self._state = _State(service_name, scrubber if scrubber.enabled else None)
+        self._state = _State(service_name, scrubber if scrubber.enabled else None, add_ids)
         self._scrubber = self._state.scrubber
         self._active = False
         self._patches: list[_Patch] = []
@@ -383,14 +395,14 @@ class LogCorrelation:
     def _correlate(self, record: logging.LogRecord) -> None:
         fields = record.__dict__
         context = get_current_span().get_span_context()
-        if context.is_valid:
+        if context.is_valid and self._state.add_ids:
             fields["trace_id"] = format(context.trace_id, "032x")
             fields["span_id"] = format(context.span_id, "016x")
             fields["trace_flags"] = format(context.trace_flags, "02x")
         else:
             fields["trace_id"] = fields["span_id"] = fields["trace_flags"] = ""
         fields["service_name"] = self._state.service_name
-        fields["request_id"] = current_request_id() or ""
+        fields["request_id"] = (current_request_id() or "") if self._state.add_ids else ""
         pending = _structlog_record_pending.get()
         if pending is not None and pending == record.name:
             _structlog_record_pending.set(None)
@@ -490,17 +502,23 @@ def install_log_correlation(
     service_name: str,
     scrubber: Scrubber,
     logger_provider: LoggerProvider | None,
+    add_ids: bool = True,
 ) -> LogCorrelation:
     """Put trace ids and scrubbing into structlog and stdlib logs, and export them if asked.
 
-    ``logger_provider=None`` means correlation and scrubbing only, no OTLP log export. A previous
+    ``logger_provider=None`` means correlation and scrubbing only, no OTLP log export.
+    ``add_ids=False`` (``OTEL_DIST_LOG_CORRELATION=false``) scrubs and exports without adding ids
+    to rendered output (stdlib fields stay, empty, so formats never fail). A previous
     installation is uninstalled first. See the module docstring for what changes and the limits.
     """
     global _installed  # noqa: PLW0603
     if _installed is not None:
         _installed.uninstall()
     correlation = LogCorrelation(
-        service_name=service_name, scrubber=scrubber, logger_provider=logger_provider
+        service_name=service_name,
+        scrubber=scrubber,
+        logger_provider=logger_provider,
+        add_ids=add_ids,
     )
     correlation._install()
     _installed = correlation

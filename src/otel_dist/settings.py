@@ -93,6 +93,7 @@ class Settings:
     prometheus_host: str = "localhost"
     prometheus_port: int = 9464
     excluded_urls: tuple[str, ...] = DEFAULT_EXCLUDED_URLS
+    disabled_instrumentations: tuple[str, ...] = ()
     http_instrumentation: str = "auto"
     error_format: str = "detail"
     debug_errors: bool = False
@@ -106,6 +107,11 @@ class Settings:
     runtime_metrics: bool = True
     shutdown_timeout_s: float = 5.0
     problems: tuple[str, ...] = ()
+
+    def instrumentation_enabled(self, name: str) -> bool:
+        """False when OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names ``name`` (or ``*``)."""
+        disabled = self.disabled_instrumentations
+        return "*" not in disabled and name not in disabled
 
     def exporter(self, signal: Signal) -> str:
         """The exporter name chosen for ``signal`` (``none`` when the signal is off)."""
@@ -221,6 +227,11 @@ def _key_value_list(raw: Any) -> dict[str, str]:
     return result
 
 
+def _name_list(raw: Any) -> tuple[str, ...]:
+    items = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    return tuple(item.strip().lower() for item in items if item.strip())
+
+
 def _regex_list(raw: Any) -> tuple[str, ...]:
     items = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
     patterns = tuple(item.strip() for item in items if item.strip())
@@ -320,6 +331,15 @@ OPTIONS: tuple[Option, ...] = (
         _regex_list,
         doc="Comma-separated regexes searched in the request path; no span, "
         "no metric. Default: health and metrics routes.",
+    ),
+    _opt(
+        "disabled_instrumentations",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+        _name_list,
+        doc="Comma-separated instrumentations to skip (`*` for all): ours are `fastapi`, "
+        "`sqlalchemy`, `httpx`, `system_metrics`, and `logging`/`structlog` (either turns log "
+        "correlation and log export off); other names go to the launcher's contrib "
+        "instrumentors.",
     ),
     _opt(
         "http_instrumentation",
@@ -439,7 +459,7 @@ class _Resolver:
         try:
             return parse(raw)
         except ValueError as exc:
-            message = f"{source}={_shown(raw)} is not valid: {exc}"
+            message = f"{source}={_shown(raw, env_names)} is not valid: {exc}"
             if self.strict:
                 raise ConfigurationError(message) from None
             self.problems.append(message)
@@ -458,7 +478,12 @@ class _Resolver:
         return None, None
 
 
-def _shown(raw: Any) -> str:
+def _shown(raw: Any, env_names: Sequence[str]) -> str:
+    """The rejected value as the message shows it: secrets masked, long values cut."""
+    if any("HEADERS" in name for name in env_names):
+        return "'***'"  # OTLP headers carry tokens
+    if any("ENDPOINT" in name for name in env_names):
+        raw = re.sub(r"//[^/@]*@", "//***@", str(raw))  # user:password@host
     text = repr(raw)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -209,6 +209,9 @@ def _install_globals(providers: Providers) -> None:
 
 
 def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:
+    if not telemetry.settings.instrumentation_enabled("fastapi"):
+        telemetry.skipped["fastapi"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+        return
     mode = chosen_mode(telemetry.settings)
     instrumentation = FastAPIInstrumentation(telemetry.settings, telemetry.providers, mode)
     instrumentation.hook_new_apps()
@@ -220,6 +223,9 @@ def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:
 
 def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
     providers = telemetry.providers
+    if not telemetry.settings.instrumentation_enabled("sqlalchemy"):
+        telemetry.skipped["sqlalchemy"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+        return
     if providers.tracer_provider is None and providers.meter_provider is None:
         telemetry.skipped["sqlalchemy"] = "traces and metrics are both off"
         return
@@ -233,7 +239,14 @@ def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
 
 
 def _instrument_logs(telemetry: Telemetry, scrubber: Scrubber) -> None:
-    if not telemetry.settings.log_correlation and telemetry.providers.logger_provider is None:
+    settings = telemetry.settings
+    if not (
+        settings.instrumentation_enabled("logging")
+        and settings.instrumentation_enabled("structlog")
+    ):
+        telemetry.skipped["logging"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+        return
+    if not settings.log_correlation and telemetry.providers.logger_provider is None:
         telemetry.skipped["logging"] = "OTEL_DIST_LOG_CORRELATION=false and logs exporter none"
         return
     service_name = str(telemetry.providers.resource.attributes.get("service.name", ""))
@@ -241,11 +254,15 @@ def _instrument_logs(telemetry: Telemetry, scrubber: Scrubber) -> None:
         service_name=service_name,
         scrubber=scrubber,
         logger_provider=telemetry.providers.logger_provider,
+        add_ids=settings.log_correlation,
     )
     telemetry.instrumented.append("logging")
 
 
 def _instrument_httpx(telemetry: Telemetry) -> None:
+    if not telemetry.settings.instrumentation_enabled("httpx"):
+        telemetry.skipped["httpx"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+        return
     try:
         import httpx  # noqa: F401, PLC0415
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
@@ -277,6 +294,9 @@ _RUNTIME_METRICS: dict[str, list[str] | None] = {
 def _instrument_runtime(telemetry: Telemetry) -> None:
     if not telemetry.settings.runtime_metrics:
         telemetry.skipped["runtime metrics"] = "OTEL_DIST_RUNTIME_METRICS=false"
+        return
+    if not telemetry.settings.instrumentation_enabled("system_metrics"):
+        telemetry.skipped["runtime metrics"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
         return
     if telemetry.providers.meter_provider is None:
         telemetry.skipped["runtime metrics"] = "metrics exporter is none"
