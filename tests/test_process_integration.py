@@ -14,31 +14,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from otel_dist.sink import OtlpSink
-from support.servers import ServerProcess, free_port, venv_bin
+from support.servers import PID_APP, REPO_ROOT, ServerProcess, free_port, pid_app_env, venv_bin
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = "tests.apps.pid_app:app"
+ROOT = REPO_ROOT
+APP = PID_APP
 pytestmark = pytest.mark.integration
 
 Factory = Callable[..., ServerProcess]
-
-
-def _env(endpoint: str, **extra: str) -> dict[str, str]:
-    return {
-        "PYTHONPATH": str(ROOT),
-        "OTEL_SERVICE_NAME": "pid-app",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_BLRP_SCHEDULE_DELAY": "200",
-        "OTEL_METRIC_EXPORT_INTERVAL": "500",
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -48,6 +35,19 @@ def blackhole() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _start_pid_app(
+    server_factory: Factory, endpoint: str, *, zero_code: bool, **extra: str
+) -> ServerProcess:
+    """The pid app under one uvicorn worker: zero-code (launcher) or ``configure()`` at import."""
+    port = free_port()
+    argv = [venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)]
+    if zero_code:
+        argv = [venv_bin("opentelemetry-instrument"), *argv]
+    else:
+        extra = {**extra, "PID_APP_MODE": "configure"}
+    return server_factory(argv, env=pid_app_env(endpoint, **extra), port=port, cwd=ROOT)
 
 
 def _hit(base: str, count: int) -> list[httpx.Response]:
@@ -113,7 +113,7 @@ def test_every_worker_exports_and_metrics_are_not_double_counted(
     port = free_port()
     proc = server_factory(
         [a.format(port=port) for a in argv],
-        env=_env(otlp_sink.endpoint, **extra),
+        env=pid_app_env(otlp_sink.endpoint, **extra),
         port=port,
         cwd=ROOT,
     )
@@ -157,14 +157,13 @@ def test_every_worker_exports_and_metrics_are_not_double_counted(
 def test_sigterm_flush_is_bounded_when_the_collector_hangs(
     way: str, blackhole: str, server_factory: Factory
 ):
-    port = free_port()
-    argv = [venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)]
-    extra = {"OTEL_DIST_SHUTDOWN_TIMEOUT": "2", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
-    if way == "zero-code":
-        argv = [venv_bin("opentelemetry-instrument"), *argv]
-    else:
-        extra["PID_APP_MODE"] = "configure"
-    proc = server_factory(argv, env=_env(blackhole, **extra), port=port, cwd=ROOT)
+    proc = _start_pid_app(
+        server_factory,
+        blackhole,
+        zero_code=way == "zero-code",
+        OTEL_DIST_SHUTDOWN_TIMEOUT="2",
+        OTEL_BSP_SCHEDULE_DELAY="60000",
+    )
     # Exporting never blocks or fails a request, even with the collector hanging.
     assert [r.status_code for r in _hit(proc.base_url, 30)] == [200] * 30
     started = time.monotonic()
@@ -180,19 +179,13 @@ def test_sigterm_flush_is_bounded_when_the_collector_hangs(
 def test_sigterm_with_collector_up_loses_nothing_already_produced(
     otlp_sink: OtlpSink, server_factory: Factory
 ):
-    port = free_port()
     # Spans wait in the batch queue (60 s delay): only the SIGTERM flush can deliver them.
-    env = _env(
+    proc = _start_pid_app(
+        server_factory,
         otlp_sink.endpoint,
-        PID_APP_MODE="configure",
+        zero_code=False,
         OTEL_BSP_SCHEDULE_DELAY="60000",
         OTEL_BLRP_SCHEDULE_DELAY="60000",
-    )
-    proc = server_factory(
-        [venv_bin("uvicorn"), APP, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        port=port,
-        cwd=ROOT,
     )
     responses = _hit(proc.base_url, 25)
     traces = {r.headers["traceresponse"].split("-")[1] for r in responses}
@@ -207,21 +200,8 @@ def test_sigterm_with_collector_up_loses_nothing_already_produced(
 def test_bad_variable_under_launcher_logs_one_line_and_app_serves(
     otlp_sink: OtlpSink, server_factory: Factory
 ):
-    port = free_port()
-    env = _env(otlp_sink.endpoint, OTEL_TRACES_EXPORTER="zipkin")
-    proc = server_factory(
-        [
-            venv_bin("opentelemetry-instrument"),
-            venv_bin("uvicorn"),
-            APP,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        port=port,
-        cwd=ROOT,
+    proc = _start_pid_app(
+        server_factory, otlp_sink.endpoint, zero_code=True, OTEL_TRACES_EXPORTER="zipkin"
     )
     assert [r.status_code for r in _hit(proc.base_url, 5)] == [200] * 5
     assert otlp_sink.wait_for(
@@ -282,21 +262,8 @@ def test_configure_twice_warns_and_changes_nothing():
 def test_unsampled_requests_still_carry_ids_in_headers_and_logs(
     otlp_sink: OtlpSink, server_factory: Factory
 ):
-    port = free_port()
-    env = _env(otlp_sink.endpoint, OTEL_TRACES_SAMPLER="always_off")
-    proc = server_factory(
-        [
-            venv_bin("opentelemetry-instrument"),
-            venv_bin("uvicorn"),
-            APP,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        port=port,
-        cwd=ROOT,
+    proc = _start_pid_app(
+        server_factory, otlp_sink.endpoint, zero_code=True, OTEL_TRACES_SAMPLER="always_off"
     )
     response = httpx.get(f"{proc.base_url}/pid", timeout=10)
     match = re.fullmatch(
@@ -327,3 +294,26 @@ def test_disabled_instrumentations_are_skipped_with_the_reason():
     assert "('logging', 'listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS')" in skipped
     assert "sqlalchemy" not in instrumented
     assert "fastapi (native)" in instrumented
+
+
+def test_grpc_without_the_extra_is_one_clear_error_or_one_log_line():
+    strict = _python(
+        "from otel_dist import configure\nconfigure(otlp_protocol='grpc')",
+        OTEL_TRACES_EXPORTER="otlp",
+    )
+    assert strict.returncode == 1
+    assert strict.stderr.strip().splitlines()[-1] == (
+        "otel_dist.settings.ConfigurationError: OTEL_EXPORTER_OTLP_PROTOCOL=grpc (for traces) "
+        "needs the gRPC exporter, which is not installed: pip install 'otel-dist[grpc]', "
+        "or use http/protobuf"
+    )
+    lenient = _python(
+        "from otel_dist.telemetry import configure_from_launcher\n"
+        "t = configure_from_launcher()\n"
+        "print(t.settings.exporter('traces'), t.settings.exporter('metrics'))\n",
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc",
+    )
+    assert lenient.returncode == 0, lenient.stderr
+    assert lenient.stdout.strip() == "none none"
+    assert lenient.stderr.count("needs the gRPC exporter") == 1

@@ -103,8 +103,9 @@ class FastAPIInstrumentation:
             self._configure_native(app)
         else:
             self._instrument_contrib(app)
-        self._wrap_middleware_stack(app)
+        # Handlers first: wrapping rebuilds an already-built stack, which copies the handlers.
         install_error_handlers(app, self.settings)
+        self._wrap_middleware_stack(app)
 
     def _configure_native(self, app: fastapi.FastAPI) -> None:
         # FastAPI reads this dict on every request, so updating it reconfigures the app in place.
@@ -138,6 +139,7 @@ class FastAPIInstrumentation:
     def _wrap_middleware_stack(self, app: fastapi.FastAPI) -> None:
         original = app.build_middleware_stack
         settings = self.settings
+        prometheus = self.providers.prometheus
 
         def make(inner: Any) -> TelemetryMiddleware:
             return TelemetryMiddleware(
@@ -147,6 +149,10 @@ class FastAPIInstrumentation:
             )
 
         def build_middleware_stack() -> Any:
+            if prometheus is not None:
+                # Starlette builds the stack on the app's first ASGI call: this process serves
+                # the app, so it gets a scrape endpoint (not a supervisor or --preload master).
+                prometheus.serve()
             return insert_inside_server_span(original(), make)
 
         app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]

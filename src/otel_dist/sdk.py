@@ -7,9 +7,11 @@ request path.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -70,7 +72,7 @@ class Providers:
     tracer_provider: TracerProvider | None
     meter_provider: MeterProvider | None
     logger_provider: LoggerProvider | None
-    prometheus_port: int | None = None
+    prometheus: PrometheusEndpoint | None = None
 
 
 def process_identity() -> dict[str, Any]:
@@ -121,64 +123,70 @@ def _grpc_missing(signal: Signal) -> ConfigurationError:
     )
 
 
+# Where each signal's OTLP exporter class lives, per protocol (module, class).
+_OTLP_EXPORTERS: dict[Signal, dict[str, tuple[str, str]]] = {
+    "traces": {
+        "http/protobuf": (
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+            "OTLPSpanExporter",
+        ),
+        "grpc": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter", "OTLPSpanExporter"),
+    },
+    "metrics": {
+        "http/protobuf": (
+            "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+            "OTLPMetricExporter",
+        ),
+        "grpc": ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter", "OTLPMetricExporter"),
+    },
+    "logs": {
+        "http/protobuf": (
+            "opentelemetry.exporter.otlp.proto.http._log_exporter",
+            "OTLPLogExporter",
+        ),
+        "grpc": ("opentelemetry.exporter.otlp.proto.grpc._log_exporter", "OTLPLogExporter"),
+    },
+}
+
+
+def _otlp_exporter(settings: Settings, signal: Signal) -> Any:
+    """The OTLP exporter for ``signal`` over the configured protocol (gRPC is an extra)."""
+    otlp = settings.otlp[signal]
+    module_name, class_name = _OTLP_EXPORTERS[signal][otlp.protocol]
+    try:
+        exporter_class = getattr(importlib.import_module(module_name), class_name)
+    except ImportError:
+        if otlp.protocol == "grpc":
+            raise _grpc_missing(signal) from None
+        raise
+    if otlp.protocol == "grpc":
+        compression = _grpc_compression(otlp)
+    else:
+        from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+
+        compression = Compression(otlp.compression)
+    return exporter_class(**_otlp_kwargs(otlp), compression=compression)
+
+
 def _span_exporter(settings: Settings) -> SpanExporter:
     if settings.traces_exporter == "console":
         return ConsoleSpanExporter()
-    otlp = settings.otlp["traces"]
-    if otlp.protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-                OTLPSpanExporter as GrpcSpanExporter,
-            )
-        except ImportError:
-            raise _grpc_missing("traces") from None
-        return GrpcSpanExporter(**_otlp_kwargs(otlp), compression=_grpc_compression(otlp))  # type: ignore[no-any-return]
-    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
-        OTLPSpanExporter,
-    )
-
-    return OTLPSpanExporter(**_otlp_kwargs(otlp), compression=Compression(otlp.compression))
+    exporter: SpanExporter = _otlp_exporter(settings, "traces")
+    return exporter
 
 
 def _metric_exporter(settings: Settings) -> MetricExporter:
     if settings.metrics_exporter == "console":
         return ConsoleMetricExporter()
-    otlp = settings.otlp["metrics"]
-    if otlp.protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-                OTLPMetricExporter as GrpcMetricExporter,
-            )
-        except ImportError:
-            raise _grpc_missing("metrics") from None
-        return GrpcMetricExporter(**_otlp_kwargs(otlp), compression=_grpc_compression(otlp))  # type: ignore[no-any-return]
-    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
-        OTLPMetricExporter,
-    )
-
-    return OTLPMetricExporter(**_otlp_kwargs(otlp), compression=Compression(otlp.compression))
+    exporter: MetricExporter = _otlp_exporter(settings, "metrics")
+    return exporter
 
 
 def _log_exporter(settings: Settings) -> LogRecordExporter:
     if settings.logs_exporter == "console":
         return ConsoleLogRecordExporter()
-    otlp = settings.otlp["logs"]
-    if otlp.protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-                OTLPLogExporter as GrpcLogExporter,
-            )
-        except ImportError:
-            raise _grpc_missing("logs") from None
-        return GrpcLogExporter(**_otlp_kwargs(otlp), compression=_grpc_compression(otlp))  # type: ignore[no-any-return]
-    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # noqa: PLC0415
-        OTLPLogExporter,
-    )
-
-    return OTLPLogExporter(**_otlp_kwargs(otlp), compression=Compression(otlp.compression))
+    exporter: LogRecordExporter = _otlp_exporter(settings, "logs")
+    return exporter
 
 
 def _grpc_compression(otlp: OtlpSettings) -> Any:
@@ -289,44 +297,95 @@ def _views() -> list[View]:
     ]
 
 
-def _prometheus_reader(settings: Settings) -> tuple[MetricReader, int]:
-    """A Prometheus reader served on the first free port from the configured one.
+class PrometheusEndpoint:
+    """The Prometheus scrape endpoint of one process, bound by ``serve`` on the first free port.
 
-    Each worker of ``uvicorn --workers N`` or gunicorn is its own process with its own
-    counters; workers take consecutive ports (9464, 9465, ...) and Prometheus scrapes each, so
-    no series is double-counted or lost (the SDK exporter has no multiprocess mode).
+    The SDK exporter has no multiprocess mode, so each worker of ``uvicorn --workers N`` or
+    gunicorn serves its own counters, on consecutive ports from the configured one (9464, 9465,
+    ...), and Prometheus scrapes each: no series is double-counted or lost.
+
+    Binding waits until the process serves an app: FastAPI apps call ``serve`` on their first
+    ASGI call (lifespan startup or first request). Every Python process started under
+    ``opentelemetry-instrument`` sets telemetry up, including those that never serve: uvicorn's
+    ``--workers``/``--reload`` supervisor and multiprocessing's resource tracker. Bound at setup,
+    they would hold 9464 and 9465 and push the workers further up; a gunicorn ``--preload``
+    master would hold the only endpoint while its forked workers had none. A process that
+    serves no FastAPI app calls ``serve`` itself.
     """
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
-    from prometheus_client import start_http_server  # noqa: PLC0415
 
-    last_error: OSError | None = None
-    for port in range(settings.prometheus_port, settings.prometheus_port + _PROMETHEUS_PORT_RANGE):
-        if port > 65535:
-            break
-        try:
-            start_http_server(port=port, addr=settings.prometheus_host)
-        except OSError as exc:
-            last_error = exc
-            continue
-        _log.info(
-            "otel-dist: Prometheus metrics on http://%s:%d/metrics (pid %d)",
-            settings.prometheus_host,
-            port,
+    def __init__(self, host: str, first_port: int) -> None:
+        self.host = host
+        self.first_port = first_port
+        self.port: int | None = None
+        self._bound_in_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def serve(self) -> int | None:
+        """Bind the endpoint, once per process; the port, or None if none was free (logged)."""
+        with self._lock:
+            if self._bound_in_pid != os.getpid():
+                self._bound_in_pid = os.getpid()
+                self.port = self._bind()
+            return self.port
+
+    def _bind(self) -> int | None:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        last = min(self.first_port + _PROMETHEUS_PORT_RANGE, 65536) - 1
+        error: OSError | None = None
+        for port in range(self.first_port, last + 1):
+            try:
+                start_http_server(port=port, addr=self.host)
+            except OSError as exc:
+                error = exc
+                continue
+            _log.info(
+                "otel-dist: Prometheus metrics on http://%s:%d/metrics (pid %d)",
+                self.host,
+                port,
+                os.getpid(),
+            )
+            return port
+        # Raising here would fail the app's first request; the process serves, unscraped.
+        _log.error(
+            "otel-dist: OTEL_EXPORTER_PROMETHEUS_PORT=%d: no free port in %d-%d on %s (%s); "
+            "the metrics of pid %d are not exposed",
+            self.first_port,
+            self.first_port,
+            last,
+            self.host,
+            error,
             os.getpid(),
         )
-        return PrometheusMetricReader(), port
-    raise ConfigurationError(
-        f"OTEL_EXPORTER_PROMETHEUS_PORT={settings.prometheus_port}: no free port in "
-        f"{settings.prometheus_port}-{settings.prometheus_port + _PROMETHEUS_PORT_RANGE - 1} "
-        f"on {settings.prometheus_host} ({last_error})"
-    )
+        return None
 
 
-def _meter_provider(settings: Settings, resource: Resource) -> tuple[MeterProvider, int | None]:
-    port: int | None = None
+def _prometheus_reader(settings: Settings) -> tuple[MetricReader, PrometheusEndpoint]:
+    """A Prometheus reader and the endpoint that will serve it (see ``PrometheusEndpoint``).
+
+    The host is checked now, so a bad ``OTEL_EXPORTER_PROMETHEUS_HOST`` fails at setup.
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
+
+    host = settings.prometheus_host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_PROMETHEUS_HOST={host!r}: cannot listen on it ({exc})"
+        ) from None
+    return PrometheusMetricReader(), PrometheusEndpoint(host, settings.prometheus_port)
+
+
+def _meter_provider(
+    settings: Settings, resource: Resource
+) -> tuple[MeterProvider, PrometheusEndpoint | None]:
+    prometheus: PrometheusEndpoint | None = None
     reader: MetricReader
     if settings.metrics_exporter == "prometheus":
-        reader, port = _prometheus_reader(settings)
+        reader, prometheus = _prometheus_reader(settings)
     else:
         reader = PeriodicExportingMetricReader(
             _metric_exporter(settings),
@@ -336,7 +395,7 @@ def _meter_provider(settings: Settings, resource: Resource) -> tuple[MeterProvid
     provider = MeterProvider(
         metric_readers=[reader], resource=resource, views=_views(), shutdown_on_exit=False
     )
-    return provider, port
+    return provider, prometheus
 
 
 def _logger_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> LoggerProvider:
@@ -359,7 +418,7 @@ def build_providers(
 ) -> tuple[Providers, Settings]:
     """Build one provider per enabled signal.
 
-    A signal whose pipeline cannot be built (gRPC exporter missing, no free Prometheus port)
+    A signal whose pipeline cannot be built (gRPC exporter missing, Prometheus host unusable)
     raises ``ConfigurationError`` when ``strict``; otherwise it is logged once and switched off,
     and the returned settings say so.
     """
@@ -384,13 +443,13 @@ def build_providers(
             built[signal] = None
             switched_off: dict[str, Any] = {f"{signal}_exporter": "none"}
             settings = replace(settings, **switched_off)
-    meter_provider, port = built["metrics"] if built["metrics"] is not None else (None, None)
+    meter_provider, prometheus = built["metrics"] if built["metrics"] is not None else (None, None)
     providers = Providers(
         resource=resource,
         tracer_provider=built["traces"],
         meter_provider=meter_provider,
         logger_provider=built["logs"],
-        prometheus_port=port,
+        prometheus=prometheus,
     )
     return providers, replace(settings, problems=tuple(problems))
 

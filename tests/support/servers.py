@@ -146,3 +146,20 @@ def start_server(
             server.stop(timeout=5)
             raise
     return server
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+PID_APP = "tests.apps.pid_app:app"
+
+
+def pid_app_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """Environment for ``tests/apps/pid_app.py`` exporting to ``endpoint`` quickly."""
+    return {
+        "PYTHONPATH": str(REPO_ROOT),
+        "OTEL_SERVICE_NAME": "pid-app",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_BLRP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        **extra,
+    }
