@@ -1,0 +1,662 @@
+"""Run the otel-dist stack without Docker: Prometheus, Loki, Tempo and our collector on loopback.
+
+The trace backend is Tempo when there is a Tempo binary (built, or ``TEMPO_BIN``), else Jaeger
+v2 (``stack/config/jaeger.yaml``) on the same OTLP port: the Go module proxy refuses Tempo's
+source here. ``LocalStack.trace_backend`` says which, ``LocalStack.traces_url`` is its HTTP API.
+
+The binaries come from ``stack/build.py`` (built first, with its progress shown, if any is
+missing); the configs are the ones docker-compose.yml mounts (``collector/config.yaml``,
+``stack/config/*``), pointed at 127.0.0.1 through their environment variables. Prometheus'
+config cannot read the environment, so a copy with the targets rewritten is written to the data
+directory.
+
+Usage::
+
+    python stack/run.py start [--data-dir DIR] [--foreground]
+    python stack/run.py status
+    python stack/run.py stop
+
+Data (TSDB, blocks, chunks, the collector's queue, one log per process) goes under
+``~/.cache/otel-dist-stack/run/<timestamp>/`` unless ``--data-dir`` is given. ``start`` writes the
+pids to ``state.json`` there and points ``~/.cache/otel-dist-stack/run/current`` at it;
+``stop`` sends SIGTERM, then SIGKILL to what is left after 10 s.
+
+From Python (the end-to-end tests)::
+
+    with LocalStack(ports=Ports.free()) as stack:
+        send_otlp(stack.otlp_http_endpoint)
+        query(stack.prometheus_url)
+
+Every process started is stopped on exit, also when starting failed half-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO / "stack" / "build.py"
+COLLECTOR_CONFIG = REPO / "collector" / "config.yaml"
+CONFIG_DIR = REPO / "stack" / "config"
+RUN_ROOT = Path.home() / ".cache" / "otel-dist-stack" / "run"
+CURRENT = RUN_ROOT / "current"
+HOST = "127.0.0.1"
+
+READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 10.0
+POLL_S = 0.25
+LOG_TAIL_LINES = 30
+# Always needed; the trace backend (tempo, else jaeger) comes on top.
+BINARIES = ("otelcol", "prometheus", "loki")
+TRACE_BACKENDS = ("tempo", "jaeger")
+
+
+class StackError(RuntimeError):
+    """The stack could not be built, started or found; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every loopback port the stack listens on; the defaults are the usual ones."""
+
+    otlp_grpc: int = 4317
+    otlp_http: int = 4318
+    collector_health: int = 13133
+    collector_metrics: int = 8888
+    collector_pprof: int = 1777
+    prometheus: int = 9090
+    tempo_http: int = 3200
+    # The collector owns 4317 on this host, so Tempo's OTLP receiver moves to 4417. Jaeger, when
+    # it stands in for Tempo, listens here too, so the collector's config is the same for both.
+    tempo_otlp_grpc: int = 4417
+    tempo_grpc: int = 9096
+    # Jaeger v2 (only when Tempo is unavailable). Health and own metrics are off the collector's
+    # 13133 and 8888.
+    jaeger_query_http: int = 16686
+    jaeger_query_grpc: int = 16685
+    jaeger_health: int = 13134
+    jaeger_metrics: int = 8889
+    loki_http: int = 3100
+    loki_grpc: int = 9095
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Ports the kernel reports free right now, for tests that run beside a live stack."""
+        with contextlib.ExitStack() as stack:
+            socks = []
+            for _ in fields(cls):
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((HOST, 0))
+                socks.append(sock)
+            # All held open at once, so no two fields get the same port.
+            return cls(*(sock.getsockname()[1] for sock in socks))
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the stack: how to start it and how to tell it is ready."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    ready_url: str
+
+
+def binary_paths(build_if_missing: bool = True) -> dict[str, Path]:
+    """``stack/build.py --print-paths`` as a dict; builds first (progress shown) if needed."""
+
+    def read() -> dict[str, Path]:
+        result = subprocess.run(  # noqa: S603 - our own script, fixed argv
+            [sys.executable, str(BUILD_SCRIPT), "--print-paths"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(f"stack/build.py --print-paths failed:\n{result.stderr.strip()}")
+        pairs = (line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+        return {name.strip(): Path(path.strip()) for name, path in pairs}
+
+    paths = read()
+    missing = _missing(paths)
+    if missing and build_if_missing:
+        print(f"building {', '.join(missing)} with stack/build.py ...", flush=True)
+        # Output not captured: the build's own progress lines are the progress shown.
+        if subprocess.run([sys.executable, str(BUILD_SCRIPT)], check=False).returncode != 0:  # noqa: S603
+            raise StackError("stack/build.py failed; see its output above")
+        paths = read()
+        missing = _missing(paths)
+    if missing:
+        raise StackError(
+            f"binaries missing: {', '.join(missing)}; build them with `python stack/build.py`"
+        )
+    return paths
+
+
+def _missing(paths: Mapping[str, Path]) -> list[str]:
+    missing = [name for name in BINARIES if not _executable(paths.get(name))]
+    if not any(_executable(paths.get(name)) for name in TRACE_BACKENDS):
+        missing.append("jaeger")
+    return missing
+
+
+def trace_backend(paths: Mapping[str, Path]) -> str:
+    """``tempo`` when its binary is there (built, or ``TEMPO_BIN``), else ``jaeger``.
+
+    ``stack/build.py --print-paths`` leaves Tempo out when the module proxy refused its source.
+    """
+    return "tempo" if _executable(paths.get("tempo")) else "jaeger"
+
+
+def _executable(path: Path | None) -> bool:
+    return path is not None and path.is_file() and os.access(path, os.X_OK)
+
+
+def render_prometheus_config(data_dir: Path, ports: Ports, backend: str = "tempo") -> Path:
+    """Write prometheus.yml with the compose hostnames replaced by loopback addresses.
+
+    Prometheus does not expand environment variables in its config, so the shared file keeps
+    the compose targets and this copy points them at the local processes. Each target must be
+    found; a config that no longer has one is an error here rather than a silent missing scrape.
+    With Jaeger as the trace backend, the ``tempo`` job scrapes Jaeger's own metrics instead,
+    renamed ``jaeger``.
+    """
+    source = (CONFIG_DIR / "prometheus.yml").read_text()
+    replacements = {
+        '"collector:8888"': f'"{HOST}:{ports.collector_metrics}"',
+        '"tempo:3200"': f'"{HOST}:{ports.tempo_http}"',
+        '"loki:3100"': f'"{HOST}:{ports.loki_http}"',
+        '"localhost:9090"': f'"{HOST}:{ports.prometheus}"',
+        "- alert-rules.yml": f"- {CONFIG_DIR / 'alert-rules.yml'}",
+    }
+    if backend == "jaeger":
+        replacements['"tempo:3200"'] = f'"{HOST}:{ports.jaeger_metrics}"'
+        replacements["job_name: tempo"] = "job_name: jaeger"
+    for old, new in replacements.items():
+        if old not in source:
+            raise StackError(f"stack/config/prometheus.yml no longer contains {old}")
+        source = source.replace(old, new)
+    target = data_dir / "prometheus.yml"
+    target.write_text(source)
+    return target
+
+
+def services(
+    paths: Mapping[str, Path],
+    data_dir: Path,
+    ports: Ports,
+    collector_env: Mapping[str, str] | None = None,
+) -> list[Service]:
+    """The four processes, configured for loopback ``ports`` and data under ``data_dir``.
+
+    The trace backend is Tempo or Jaeger, as ``trace_backend(paths)`` says; the collector last.
+    """
+    backend = trace_backend(paths)
+    prometheus_config = render_prometheus_config(data_dir, ports, backend)
+    prometheus = Service(
+        "prometheus",
+        (
+            str(paths["prometheus"]),
+            f"--config.file={prometheus_config}",
+            f"--storage.tsdb.path={data_dir / 'prometheus'}",
+            f"--web.listen-address={HOST}:{ports.prometheus}",
+            "--web.enable-otlp-receiver",
+            "--web.enable-remote-write-receiver",
+            "--enable-feature=exemplar-storage",
+        ),
+        {},
+        f"http://{HOST}:{ports.prometheus}/-/ready",
+    )
+    loki = Service(
+        "loki",
+        (str(paths["loki"]), f"-config.file={CONFIG_DIR / 'loki.yaml'}", "-config.expand-env=true"),
+        {
+            "LOKI_LISTEN_HOST": HOST,
+            "LOKI_HTTP_PORT": str(ports.loki_http),
+            "LOKI_GRPC_PORT": str(ports.loki_grpc),
+            "LOKI_DATA_DIR": str(data_dir / "loki"),
+        },
+        f"http://{HOST}:{ports.loki_http}/ready",
+    )
+    if backend == "tempo":
+        traces = tempo_service(paths, data_dir, ports)
+    else:
+        traces = jaeger_service(paths, ports)
+    collector = Service(
+        "otelcol",
+        (str(paths["otelcol"]), f"--config={COLLECTOR_CONFIG}"),
+        {
+            "OTELCOL_LISTEN_HOST": HOST,
+            "OTELCOL_OTLP_GRPC_PORT": str(ports.otlp_grpc),
+            "OTELCOL_OTLP_HTTP_PORT": str(ports.otlp_http),
+            "OTELCOL_HEALTH_PORT": str(ports.collector_health),
+            "OTELCOL_METRICS_PORT": str(ports.collector_metrics),
+            "OTELCOL_PPROF_ENDPOINT": f"{HOST}:{ports.collector_pprof}",
+            "OTELCOL_QUEUE_DIR": str(data_dir / "otelcol" / "queue"),
+            "TEMPO_OTLP_ENDPOINT": f"{HOST}:{ports.tempo_otlp_grpc}",
+            "LOKI_OTLP_ENDPOINT": f"http://{HOST}:{ports.loki_http}/otlp",
+            "PROMETHEUS_OTLP_ENDPOINT": f"http://{HOST}:{ports.prometheus}/api/v1/otlp",
+            **(collector_env or {}),
+        },
+        f"http://{HOST}:{ports.collector_health}/",
+    )
+    return [prometheus, loki, traces, collector]
+
+
+def tempo_service(paths: Mapping[str, Path], data_dir: Path, ports: Ports) -> Service:
+    """Tempo, monolithic, with blocks under ``data_dir``."""
+    return Service(
+        "tempo",
+        (
+            str(paths["tempo"]),
+            f"-config.file={CONFIG_DIR / 'tempo.yaml'}",
+            "-config.expand-env=true",
+        ),
+        {
+            "TEMPO_LISTEN_HOST": HOST,
+            "TEMPO_HTTP_PORT": str(ports.tempo_http),
+            "TEMPO_GRPC_PORT": str(ports.tempo_grpc),
+            "TEMPO_OTLP_GRPC_ENDPOINT": f"{HOST}:{ports.tempo_otlp_grpc}",
+            "TEMPO_DATA_DIR": str(data_dir / "tempo"),
+            "PROMETHEUS_REMOTE_WRITE_URL": f"http://{HOST}:{ports.prometheus}/api/v1/write",
+        },
+        f"http://{HOST}:{ports.tempo_http}/ready",
+    )
+
+
+def jaeger_service(paths: Mapping[str, Path], ports: Ports) -> Service:
+    """Jaeger v2, in memory, receiving OTLP gRPC on Tempo's port; ready when /status says so."""
+    return Service(
+        "jaeger",
+        (str(paths["jaeger"]), f"--config={CONFIG_DIR / 'jaeger.yaml'}"),
+        {
+            "JAEGER_OTLP_GRPC_ENDPOINT": f"{HOST}:{ports.tempo_otlp_grpc}",
+            "JAEGER_QUERY_HTTP_ENDPOINT": f"{HOST}:{ports.jaeger_query_http}",
+            "JAEGER_QUERY_GRPC_ENDPOINT": f"{HOST}:{ports.jaeger_query_grpc}",
+            "JAEGER_HEALTH_ENDPOINT": f"{HOST}:{ports.jaeger_health}",
+            "JAEGER_LISTEN_HOST": HOST,
+            "JAEGER_METRICS_PORT": str(ports.jaeger_metrics),
+        },
+        f"http://{HOST}:{ports.jaeger_health}/status",
+    )
+
+
+class LocalStack:
+    """Prometheus, Loki, Tempo (or Jaeger) and the collector as child processes, for ``with``.
+
+    ``collector_env`` adds or overrides the collector's variables (``TAIL_SAMPLING_PERCENT``,
+    ``OTELCOL_LOGS_EXPORTERS`` ...). ``data_dir`` defaults to a fresh timestamped directory.
+    On leaving the block every process is stopped (SIGTERM, then SIGKILL after 10 s), also when
+    the block or the start-up raised.
+    """
+
+    def __init__(
+        self,
+        ports: Ports | None = None,
+        data_dir: Path | None = None,
+        collector_env: Mapping[str, str] | None = None,
+        ready_timeout_s: float = READY_TIMEOUT_S,
+        quiet: bool = False,
+    ) -> None:
+        self.ports = ports or Ports()
+        self.data_dir = (data_dir or _fresh_data_dir()).resolve()
+        self.collector_env = dict(collector_env or {})
+        self.ready_timeout_s = ready_timeout_s
+        self.quiet = quiet
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._services: dict[str, Service] = {}
+        # Known once start() has found the binaries.
+        self.trace_backend: str = ""
+
+    # --- addresses the tests and the CLI print --------------------------------------------
+    @property
+    def otlp_http_endpoint(self) -> str:
+        """Base URL for OTLP/HTTP exporters (``/v1/traces`` etc. are appended by them)."""
+        return f"http://{HOST}:{self.ports.otlp_http}"
+
+    @property
+    def otlp_grpc_endpoint(self) -> str:
+        """Address for OTLP/gRPC exporters."""
+        return f"http://{HOST}:{self.ports.otlp_grpc}"
+
+    @property
+    def prometheus_url(self) -> str:
+        """Prometheus HTTP API base URL."""
+        return f"http://{HOST}:{self.ports.prometheus}"
+
+    @property
+    def tempo_url(self) -> str:
+        """Tempo HTTP API base URL (nothing listens there when Jaeger stands in)."""
+        return f"http://{HOST}:{self.ports.tempo_http}"
+
+    @property
+    def jaeger_url(self) -> str:
+        """Jaeger query HTTP API base URL (``/api/traces``), when Jaeger is the trace backend."""
+        return f"http://{HOST}:{self.ports.jaeger_query_http}"
+
+    @property
+    def traces_url(self) -> str:
+        """HTTP API of the trace backend in use: ``tempo_url`` or ``jaeger_url``."""
+        if not self.trace_backend:
+            raise StackError("the trace backend is known once the stack has started")
+        return self.tempo_url if self.trace_backend == "tempo" else self.jaeger_url
+
+    @property
+    def loki_url(self) -> str:
+        """Loki HTTP API base URL."""
+        return f"http://{HOST}:{self.ports.loki_http}"
+
+    @property
+    def collector_metrics_url(self) -> str:
+        """The collector's own Prometheus metrics."""
+        return f"http://{HOST}:{self.ports.collector_metrics}/metrics"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> LocalStack:
+        """Start everything; on any failure stop what was started and re-raise."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop every process."""
+        self.stop()
+
+    def start(self) -> None:
+        """Start the backends, wait for them, then the collector; raise if one is not ready."""
+        paths = binary_paths()
+        self.trace_backend = trace_backend(paths)
+        if self.trace_backend == "jaeger":
+            self._say("trace backend: jaeger (no Tempo binary: see stack/build.py, TEMPO_BIN)")
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        planned = services(paths, self.data_dir, self.ports, self.collector_env)
+        self._services = {service.name: service for service in planned}
+        backends, collector = planned[:-1], planned[-1]
+        # The backends are independent: start all, then wait for each. The collector last, so
+        # its first exports find them listening (it would retry anyway).
+        for service in backends:
+            self._spawn(service)
+        for service in backends:
+            self._wait_ready(service)
+        self._spawn(collector)
+        self._wait_ready(collector)
+        self._write_state()
+
+    def stop(self) -> None:
+        """Stop every started process, the collector first so it flushes to the backends."""
+        for name in reversed(list(self._processes)):
+            _terminate(self._processes[name].pid, self._say, name)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._processes[name].wait(timeout=1)
+        self._processes.clear()
+
+    def restart(self, name: str, env: Mapping[str, str] | None = None) -> None:
+        """Stop one process (e.g. ``otelcol``) and start it again with the same settings.
+
+        ``env`` adds or overrides variables, on top of what it had (for ``otelcol``, the
+        ``collector_env`` given at start); they stay for later restarts.
+        """
+        service = self._services[name]
+        if env:
+            service = replace(service, env={**service.env, **env})
+            self._services[name] = service
+            if name == "otelcol":
+                self.collector_env.update(env)
+        process = self._processes.pop(name, None)
+        if process is not None:
+            _terminate(process.pid, self._say, name)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=1)
+        self._spawn(service)
+        self._wait_ready(service)
+        self._write_state()
+
+    def running(self) -> bool:
+        """Every started process is still alive."""
+        return bool(self._processes) and all(p.poll() is None for p in self._processes.values())
+
+    def log_path(self, name: str) -> Path:
+        """Where a process' stdout and stderr go."""
+        return self.data_dir / "logs" / f"{name}.log"
+
+    # --- internals ---------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, flush=True)
+
+    def _spawn(self, service: Service) -> None:
+        env = {**os.environ, **service.env}
+        with self.log_path(service.name).open("ab") as log:
+            process = subprocess.Popen(  # noqa: S603 - our cached binaries, argv built here
+                service.argv,
+                env=env,
+                cwd=self.data_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Own session: a Ctrl-C in the terminal reaches run.py, which stops them in order.
+                start_new_session=True,
+            )
+        self._processes[service.name] = process
+        self._say(f"{service.name:<10} started (pid {process.pid})")
+
+    def _wait_ready(self, service: Service) -> None:
+        process = self._processes[service.name]
+        started = time.monotonic()
+        deadline = started + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StackError(
+                    f"{service.name} exited with status {process.returncode} before it was ready"
+                    f"\n{_tail(self.log_path(service.name))}"
+                )
+            if _http_ok(service.ready_url):
+                self._say(f"{service.name:<10} ready in {time.monotonic() - started:.1f}s")
+                return
+            time.sleep(POLL_S)
+        raise StackError(
+            f"{service.name} not ready at {service.ready_url} after {self.ready_timeout_s:.0f}s"
+            f"\n{_tail(self.log_path(service.name))}"
+        )
+
+    def _write_state(self) -> None:
+        state = {
+            "data_dir": str(self.data_dir),
+            "trace_backend": self.trace_backend,
+            "traces_url": self.traces_url,
+            "ports": asdict(self.ports),
+            "processes": {
+                name: {"pid": process.pid, "argv": list(self._services[name].argv)}
+                for name, process in self._processes.items()
+            },
+            "ready_urls": {name: service.ready_url for name, service in self._services.items()},
+        }
+        (self.data_dir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _fresh_data_dir() -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return RUN_ROOT / stamp
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback http
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    except OSError:
+        return f"(no log at {path})"
+    return f"last lines of {path}:\n" + "\n".join(f"  | {line}" for line in lines)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _terminate(pid: int, say: Callable[[str], object], name: str) -> None:
+    """SIGTERM, wait up to STOP_GRACE_S, then SIGKILL; only ever this one pid."""
+    if not _alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            say(f"{name:<10} stopped")
+            return
+        time.sleep(POLL_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    say(f"{name:<10} killed after {STOP_GRACE_S:.0f}s")
+
+
+def _owned_by_state(pid: int, argv0: str) -> bool:
+    """The pid still runs the binary we started (pids get reused after a reboot or a crash)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _alive(pid) and not Path("/proc").is_dir()
+    # argv[0], or argv[1] when the kernel ran a script through its interpreter.
+    return argv0 in (part.decode(errors="replace") for part in cmdline[:2])
+
+
+# --- command line ------------------------------------------------------------------------------
+def _load_state(data_dir: Path | None) -> tuple[Path, dict[str, object]]:
+    directory = data_dir or (CURRENT.resolve() if CURRENT.exists() else None)
+    if directory is None or not (directory / "state.json").exists():
+        raise StackError("no local stack found; start one with `python stack/run.py start`")
+    return directory, json.loads((directory / "state.json").read_text())
+
+
+def _processes(state: Mapping[str, object]) -> Iterator[tuple[str, int, str]]:
+    processes = state.get("processes", {})
+    assert isinstance(processes, dict)
+    for name, info in processes.items():
+        yield name, int(info["pid"]), str(info["argv"][0])
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    stack = LocalStack(data_dir=args.data_dir)
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    CURRENT.unlink(missing_ok=True)
+    CURRENT.symlink_to(stack.data_dir, target_is_directory=True)
+    print(
+        f"\nlocal stack up, data in {stack.data_dir}\n"
+        f"  OTLP         grpc {HOST}:{stack.ports.otlp_grpc}  http {stack.otlp_http_endpoint}\n"
+        f"  Prometheus   {stack.prometheus_url}\n"
+        f"  {stack.trace_backend.capitalize():<12} {stack.traces_url}\n"
+        f"  Loki         {stack.loki_url}\n"
+        f"  collector    {stack.collector_metrics_url}\n"
+        f"stop with: python stack/run.py stop"
+    )
+    if not args.foreground:
+        return 0
+    print("running in the foreground; Ctrl-C stops the stack")
+    # SIGTERM too: exit through the finally below, which stops the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while stack.running():
+            time.sleep(1)
+        print("a process exited; stopping the stack", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+        CURRENT.unlink(missing_ok=True)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    directory, state = _load_state(args.data_dir)
+    urls = state.get("ready_urls", {})
+    assert isinstance(urls, dict)
+    print(f"data: {directory}")
+    backend = state.get("trace_backend", "tempo")
+    print(f"trace backend: {backend} {state.get('traces_url', '')}".rstrip())
+    healthy = True
+    for name, pid, argv0 in _processes(state):
+        running = _owned_by_state(pid, argv0)
+        ready = running and _http_ok(str(urls.get(name, "")))
+        healthy = healthy and ready
+        status = "ready" if ready else ("running, not ready" if running else "stopped")
+        print(f"  {name:<10} pid {pid:<8} {status}")
+    return 0 if healthy else 1
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    directory, state = _load_state(args.data_dir)
+    for name, pid, argv0 in reversed(list(_processes(state))):
+        if _owned_by_state(pid, argv0):
+            _terminate(pid, print, name)
+        else:
+            print(f"{name:<10} not running")
+    if CURRENT.is_symlink() and CURRENT.resolve() == directory.resolve():
+        CURRENT.unlink()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``start`` / ``status`` / ``stop``; non-zero when the stack is not (or no longer) healthy."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start", help="build if needed, start and wait until ready")
+    start.add_argument("--data-dir", type=Path, help="default: ~/.cache/otel-dist-stack/run/<ts>")
+    start.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
+    for name, help_text in (("status", "show each process"), ("stop", "SIGTERM, then SIGKILL")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--data-dir", type=Path, help="default: the last started stack")
+    args = parser.parse_args(argv)
+    handler = {"start": _cmd_start, "status": _cmd_status, "stop": _cmd_stop}[args.command]
+    try:
+        return handler(args)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
