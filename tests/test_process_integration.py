@@ -19,7 +19,16 @@ import httpx
 import pytest
 
 from otel_dist.sink import OtlpSink
-from support.servers import PID_APP, REPO_ROOT, ServerProcess, free_port, pid_app_env, venv_bin
+from support.servers import (
+    PID_APP,
+    REPO_ROOT,
+    ServerProcess,
+    free_port,
+    gunicorn_argv,
+    pid_app_env,
+    uvicorn_argv,
+    venv_bin,
+)
 
 ROOT = REPO_ROOT
 APP = PID_APP
@@ -59,49 +68,13 @@ def _hit(base: str, count: int) -> list[httpx.Response]:
         return list(pool.map(one, range(count)))
 
 
-WORKER_SERVERS = {
-    "uvicorn --workers 2, zero-code": (
-        [
-            venv_bin("opentelemetry-instrument"),
-            venv_bin("uvicorn"),
-            APP,
-            "--workers",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-        ],
-        {},
-    ),
+WORKER_SERVERS: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
+    "uvicorn --workers 2, zero-code": (lambda port: uvicorn_argv(APP, port, "--workers", "2"), {}),
     "gunicorn -w 2 --preload, configure() in master before fork": (
-        [
-            venv_bin("gunicorn"),
-            APP,
-            "-w",
-            "2",
-            "-k",
-            "uvicorn.workers.UvicornWorker",
-            "--preload",
-            "-b",
-            "127.0.0.1:{port}",
-        ],
+        lambda port: gunicorn_argv(APP, port, "--preload"),
         {"PID_APP_MODE": "configure"},
     ),
-    "gunicorn -w 2, zero-code": (
-        [
-            venv_bin("opentelemetry-instrument"),
-            venv_bin("gunicorn"),
-            APP,
-            "-w",
-            "2",
-            "-k",
-            "uvicorn.workers.UvicornWorker",
-            "-b",
-            "127.0.0.1:{port}",
-        ],
-        {},
-    ),
+    "gunicorn -w 2, zero-code": (lambda port: gunicorn_argv(APP, port, zero_code=True), {}),
 }
 
 
@@ -109,10 +82,10 @@ WORKER_SERVERS = {
 def test_every_worker_exports_and_metrics_are_not_double_counted(
     server: str, otlp_sink: OtlpSink, server_factory: Factory
 ):
-    argv, extra = WORKER_SERVERS[server]
+    make_argv, extra = WORKER_SERVERS[server]
     port = free_port()
     proc = server_factory(
-        [a.format(port=port) for a in argv],
+        make_argv(port),
         env=pid_app_env(otlp_sink.endpoint, **extra),
         port=port,
         cwd=ROOT,

@@ -31,7 +31,9 @@ from support.servers import (
     ServerProcess,
     clean_env,
     free_port,
+    gunicorn_argv,
     pid_app_env,
+    uvicorn_argv,
     venv_bin,
 )
 
@@ -40,11 +42,6 @@ APP = PID_APP
 pytestmark = pytest.mark.integration
 
 Factory = Callable[..., ServerProcess]
-
-
-def _uvicorn(app: str, port: int, *options: str, zero_code: bool = True) -> list[str]:
-    argv = [venv_bin("uvicorn"), app, *options, "--host", "127.0.0.1", "--port", str(port)]
-    return [venv_bin("opentelemetry-instrument"), *argv] if zero_code else argv
 
 
 def _hit(base_url: str, count: int) -> list[httpx.Response]:
@@ -128,7 +125,7 @@ def _scrape_until(ports: list[int], expected: int, timeout: float = 5) -> list[S
         time.sleep(0.1)
 
 
-def _prometheuspid_app_env(endpoint: str, base: int, **extra: str) -> dict[str, str]:
+def _prometheus_env(endpoint: str, base: int, **extra: str) -> dict[str, str]:
     return pid_app_env(
         endpoint,
         OTEL_METRICS_EXPORTER="prometheus",
@@ -138,28 +135,14 @@ def _prometheuspid_app_env(endpoint: str, base: int, **extra: str) -> dict[str, 
     )
 
 
-def _gunicorn(port: int, *options: str) -> list[str]:
-    return [
-        venv_bin("gunicorn"),
-        APP,
-        "-w",
-        "2",
-        "-k",
-        "uvicorn.workers.UvicornWorker",
-        *options,
-        "-b",
-        f"127.0.0.1:{port}",
-    ]
-
-
 PROMETHEUS_SERVERS: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
-    "uvicorn --workers 2, zero-code": (lambda port: _uvicorn(APP, port, "--workers", "2"), {}),
+    "uvicorn --workers 2, zero-code": (lambda port: uvicorn_argv(APP, port, "--workers", "2"), {}),
     "gunicorn -w 2, configure() in each worker": (
-        _gunicorn,
+        lambda port: gunicorn_argv(APP, port),
         {"PID_APP_MODE": "configure"},
     ),
     "gunicorn -w 2 --preload, configure() in the master": (
-        lambda port: _gunicorn(port, "--preload"),
+        lambda port: gunicorn_argv(APP, port, "--preload"),
         {"PID_APP_MODE": "configure"},
     ),
 }
@@ -174,7 +157,7 @@ def test_each_worker_serves_its_own_scrape_endpoint_and_counts_add_up(
     port = free_port()
     proc = server_factory(
         argv(port),
-        env=_prometheuspid_app_env(otlp_sink.endpoint, base, **extra),
+        env=_prometheus_env(otlp_sink.endpoint, base, **extra),
         port=port,
         cwd=ROOT,
     )
@@ -204,8 +187,8 @@ def test_worker_moves_to_the_next_port_when_the_first_is_taken(
         squatter.bind(("127.0.0.1", base))
         squatter.listen()
         proc = server_factory(
-            _uvicorn(APP, port),
-            env=_prometheuspid_app_env(otlp_sink.endpoint, base),
+            uvicorn_argv(APP, port),
+            env=_prometheus_env(otlp_sink.endpoint, base),
             port=port,
             cwd=ROOT,
         )
@@ -228,7 +211,7 @@ def test_reload_child_serves_and_exports_server_spans_across_a_reload(
     zero_code = way == "zero-code"
     extra = {} if zero_code else {"PID_APP_MODE": "configure"}
     proc = server_factory(
-        _uvicorn(APP, port, "--reload", "--reload-dir", str(watched), zero_code=zero_code),
+        uvicorn_argv(APP, port, "--reload", "--reload-dir", str(watched), zero_code=zero_code),
         env=pid_app_env(otlp_sink.endpoint, **extra),
         port=port,
         cwd=ROOT,
@@ -310,7 +293,7 @@ def test_fastapi_without_native_telemetry_gets_the_contrib_middleware(
     pythonpath = os.pathsep.join([str(old_fastapi), str(ROOT)])
     port = free_port()
     proc = server_factory(
-        _uvicorn("tests.apps.version_app:app", port),
+        uvicorn_argv("tests.apps.version_app:app", port),
         env=pid_app_env(otlp_sink.endpoint, PYTHONPATH=pythonpath),
         port=port,
         cwd=ROOT,

@@ -50,7 +50,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from otel_dist import __version__
 from otel_dist.scrub import Scrubber
-from otel_dist.settings import ConfigurationError, OtlpSettings, Settings, Signal
+from otel_dist.settings import BatchSettings, ConfigurationError, OtlpSettings, Settings, Signal
 
 _log = logging.getLogger("otel_dist.internal")
 
@@ -274,18 +274,23 @@ class ScrubbingLogExporter(LogRecordExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+def _batch_kwargs(batch: BatchSettings) -> dict[str, Any]:
+    """The SDK batch processors' keyword arguments (spans and logs take the same ones)."""
+    return {
+        "max_queue_size": batch.max_queue_size,
+        "schedule_delay_millis": batch.schedule_delay_ms,
+        "max_export_batch_size": batch.max_export_batch_size,
+        "export_timeout_millis": batch.export_timeout_ms,
+    }
+
+
 def _tracer_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> TracerProvider:
     provider = TracerProvider(
         resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False
     )
-    bsp = settings.bsp
     provider.add_span_processor(
         BatchSpanProcessor(
-            ScrubbingSpanExporter(_span_exporter(settings), scrubber),
-            max_queue_size=bsp.max_queue_size,
-            schedule_delay_millis=bsp.schedule_delay_ms,
-            max_export_batch_size=bsp.max_export_batch_size,
-            export_timeout_millis=bsp.export_timeout_ms,
+            ScrubbingSpanExporter(_span_exporter(settings), scrubber), **_batch_kwargs(settings.bsp)
         )
     )
     return provider
@@ -400,14 +405,9 @@ def _meter_provider(
 
 def _logger_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> LoggerProvider:
     provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-    blrp = settings.blrp
     provider.add_log_record_processor(
         BatchLogRecordProcessor(
-            ScrubbingLogExporter(_log_exporter(settings), scrubber),
-            max_queue_size=blrp.max_queue_size,
-            schedule_delay_millis=blrp.schedule_delay_ms,
-            max_export_batch_size=blrp.max_export_batch_size,
-            export_timeout_millis=blrp.export_timeout_ms,
+            ScrubbingLogExporter(_log_exporter(settings), scrubber), **_batch_kwargs(settings.blrp)
         )
     )
     return provider

@@ -163,3 +163,25 @@ def pid_app_env(endpoint: str, **extra: str) -> dict[str, str]:
         "OTEL_METRIC_EXPORT_INTERVAL": "300",
         **extra,
     }
+
+
+def uvicorn_argv(app: str, port: int, *options: str, zero_code: bool = True) -> list[str]:
+    """``uvicorn APP`` on 127.0.0.1:port, under ``opentelemetry-instrument`` when zero-code."""
+    argv = [venv_bin("uvicorn"), app, *options, "--host", "127.0.0.1", "--port", str(port)]
+    return [venv_bin("opentelemetry-instrument"), *argv] if zero_code else argv
+
+
+def gunicorn_argv(app: str, port: int, *options: str, zero_code: bool = False) -> list[str]:
+    """Two uvicorn workers under gunicorn on 127.0.0.1:port (zero-code: under the launcher)."""
+    argv = [
+        venv_bin("gunicorn"),
+        app,
+        "-w",
+        "2",
+        "-k",
+        "uvicorn.workers.UvicornWorker",
+        *options,
+        "-b",
+        f"127.0.0.1:{port}",
+    ]
+    return [venv_bin("opentelemetry-instrument"), *argv] if zero_code else argv
