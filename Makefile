@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
 SA20 := .cache/sqlalchemy-2.0
 
-.PHONY: install demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench faults clean
+.PHONY: install demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: lint typecheck unit test-sqlalchemy-2.0
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff check src tests examples stack bench
 	$(VENV)/bin/ruff format --check src
 
 typecheck: $(STAMP)
@@ -54,11 +54,16 @@ e2e: $(STAMP)
 	$(PY) stack/build.py
 	$(VENV)/bin/pytest -q -m "stack or e2e"
 
-bench:
-	@echo "make bench: the overhead benchmark is issue C (issues show 4); not built yet" >&2; exit 2
+## make bench: no telemetry vs stock vs otel_dist side by side -> docs/performance.md, bench/results.json
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+## make bench-quick: the smoke of the benchmark that CI runs (fails on any error)
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick
 
 faults:
 	@echo "make faults: the fault suite is issue D (issues show 5); not built yet" >&2; exit 2
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache

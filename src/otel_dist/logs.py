@@ -212,7 +212,15 @@ class _OtlpLogHandler(LoggingHandler):
         attributes.pop("_from_structlog", None)
         if attributes.get("request_id") == "":
             del attributes["request_id"]
-        return self._scrubber.attributes(attributes) or attributes, event_name
+        # The record factory already formatted and scrubbed the traceback: reuse it rather than
+        # formatting and scrubbing it a second time (the costliest part of a 500).
+        stacktrace = record.exc_text if record.exc_info and record.exc_text else None
+        if stacktrace is not None:
+            attributes.pop("exception.stacktrace", None)
+        scrubbed = self._scrubber.attributes(attributes) or attributes
+        if stacktrace is not None:
+            scrubbed["exception.stacktrace"] = stacktrace
+        return scrubbed, event_name
 
 
 @dataclass
@@ -407,7 +415,8 @@ class LogCorrelation:
         if pending is not None and pending == record.name:
             _structlog_record_pending.set(None)
             fields["_from_structlog"] = True
-        if self._scrubber is not None:
+        if self._scrubber is not None and not fields.get("_from_structlog"):
+            # A structlog line was scrubbed as an event dict before it was rendered.
             _scrub_record(record, self._scrubber)
 
     def _wrap_make_record(self, original: Callable[..., logging.LogRecord]) -> Callable[..., Any]:
