@@ -49,6 +49,13 @@ from opentelemetry.sdk.trace.sampling import (
 )
 
 from otel_dist import __version__
+from otel_dist.export_health import (
+    ExportHealth,
+    ReportingLogExporter,
+    ReportingMetricExporter,
+    ReportingSpanExporter,
+    count_queue_drops,
+)
 from otel_dist.scrub import Scrubber
 from otel_dist.settings import BatchSettings, ConfigurationError, OtlpSettings, Settings, Signal
 
@@ -62,6 +69,8 @@ _DROPPED_INSTRUMENTS = (
     "http.server.response.size",
 )
 _PROMETHEUS_PORT_RANGE = 64
+# The SDK counts dropped and failed telemetry in its own metrics only when this is "true".
+SDK_SELF_METRICS_VARIABLE = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
 
 
 @dataclass
@@ -73,6 +82,7 @@ class Providers:
     meter_provider: MeterProvider | None
     logger_provider: LoggerProvider | None
     prometheus: PrometheusEndpoint | None = None
+    export_health: ExportHealth | None = None
 
 
 def process_identity() -> dict[str, Any]:
@@ -149,8 +159,13 @@ _OTLP_EXPORTERS: dict[Signal, dict[str, tuple[str, str]]] = {
 }
 
 
-def _otlp_exporter(settings: Settings, signal: Signal) -> Any:
-    """The OTLP exporter for ``signal`` over the configured protocol (gRPC is an extra)."""
+def _otlp_exporter(
+    settings: Settings, signal: Signal, meter_provider: MeterProvider | None = None
+) -> Any:
+    """The OTLP exporter for ``signal`` over the configured protocol (gRPC is an extra).
+
+    ``meter_provider`` receives the exporter's own metrics (items exported or failed).
+    """
     otlp = settings.otlp[signal]
     module_name, class_name = _OTLP_EXPORTERS[signal][otlp.protocol]
     try:
@@ -165,13 +180,15 @@ def _otlp_exporter(settings: Settings, signal: Signal) -> Any:
         from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
 
         compression = Compression(otlp.compression)
-    return exporter_class(**_otlp_kwargs(otlp), compression=compression)
+    return exporter_class(
+        **_otlp_kwargs(otlp), compression=compression, meter_provider=meter_provider
+    )
 
 
-def _span_exporter(settings: Settings) -> SpanExporter:
+def _span_exporter(settings: Settings, meter_provider: MeterProvider | None) -> SpanExporter:
     if settings.traces_exporter == "console":
         return ConsoleSpanExporter()
-    exporter: SpanExporter = _otlp_exporter(settings, "traces")
+    exporter: SpanExporter = _otlp_exporter(settings, "traces", meter_provider)
     return exporter
 
 
@@ -182,10 +199,10 @@ def _metric_exporter(settings: Settings) -> MetricExporter:
     return exporter
 
 
-def _log_exporter(settings: Settings) -> LogRecordExporter:
+def _log_exporter(settings: Settings, meter_provider: MeterProvider | None) -> LogRecordExporter:
     if settings.logs_exporter == "console":
         return ConsoleLogRecordExporter()
-    exporter: LogRecordExporter = _otlp_exporter(settings, "logs")
+    exporter: LogRecordExporter = _otlp_exporter(settings, "logs", meter_provider)
     return exporter
 
 
@@ -284,15 +301,29 @@ def _batch_kwargs(batch: BatchSettings) -> dict[str, Any]:
     }
 
 
-def _tracer_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> TracerProvider:
+@dataclass(frozen=True)
+class _Pipeline:
+    """What every signal's pipeline shares: the resource, scrubbing and loss accounting."""
+
+    settings: Settings
+    resource: Resource
+    scrubber: Scrubber
+    health: ExportHealth
+    meter_provider: MeterProvider | None  # for the SDK's own metrics; None when metrics are off
+
+
+def _tracer_provider(p: _Pipeline) -> TracerProvider:
     provider = TracerProvider(
-        resource=resource, sampler=build_sampler(settings), shutdown_on_exit=False
+        resource=p.resource, sampler=build_sampler(p.settings), shutdown_on_exit=False
     )
-    provider.add_span_processor(
-        BatchSpanProcessor(
-            ScrubbingSpanExporter(_span_exporter(settings), scrubber), **_batch_kwargs(settings.bsp)
-        )
+    exporter = ReportingSpanExporter(_span_exporter(p.settings, p.meter_provider), p.health)
+    processor = BatchSpanProcessor(
+        ScrubbingSpanExporter(exporter, p.scrubber),
+        **_batch_kwargs(p.settings.bsp),
+        meter_provider=p.meter_provider,
     )
+    count_queue_drops(processor, "traces", p.health)
+    provider.add_span_processor(processor)
     return provider
 
 
@@ -385,7 +416,7 @@ def _prometheus_reader(settings: Settings) -> tuple[MetricReader, PrometheusEndp
 
 
 def _meter_provider(
-    settings: Settings, resource: Resource
+    settings: Settings, resource: Resource, health: ExportHealth
 ) -> tuple[MeterProvider, PrometheusEndpoint | None]:
     prometheus: PrometheusEndpoint | None = None
     reader: MetricReader
@@ -393,7 +424,7 @@ def _meter_provider(
         reader, prometheus = _prometheus_reader(settings)
     else:
         reader = PeriodicExportingMetricReader(
-            _metric_exporter(settings),
+            ReportingMetricExporter(_metric_exporter(settings), health),
             export_interval_millis=settings.metric_export_interval_ms,
             export_timeout_millis=settings.metric_export_timeout_ms,
         )
@@ -403,13 +434,16 @@ def _meter_provider(
     return provider, prometheus
 
 
-def _logger_provider(settings: Settings, resource: Resource, scrubber: Scrubber) -> LoggerProvider:
-    provider = LoggerProvider(resource=resource, shutdown_on_exit=False)
-    provider.add_log_record_processor(
-        BatchLogRecordProcessor(
-            ScrubbingLogExporter(_log_exporter(settings), scrubber), **_batch_kwargs(settings.blrp)
-        )
+def _logger_provider(p: _Pipeline) -> LoggerProvider:
+    provider = LoggerProvider(resource=p.resource, shutdown_on_exit=False)
+    exporter = ReportingLogExporter(_log_exporter(p.settings, p.meter_provider), p.health)
+    processor = BatchLogRecordProcessor(
+        ScrubbingLogExporter(exporter, p.scrubber),
+        **_batch_kwargs(p.settings.blrp),
+        meter_provider=p.meter_provider,
     )
+    count_queue_drops(processor, "logs", p.health)
+    provider.add_log_record_processor(processor)
     return provider
 
 
@@ -423,12 +457,22 @@ def build_providers(
     and the returned settings say so.
     """
     resource = build_resource(settings)
+    health = ExportHealth(settings.export_report_interval_s)
+    if settings.exporter("metrics") != "none":
+        # Dropped and failed telemetry then shows as metrics too (users may set it "false").
+        os.environ.setdefault(SDK_SELF_METRICS_VARIABLE, "true")
+    # Metrics first: the span and log pipelines report their own losses through its provider.
     builders: dict[Signal, Callable[[], Any]] = {
-        "traces": lambda: _tracer_provider(settings, resource, scrubber),
-        "metrics": lambda: _meter_provider(settings, resource),
-        "logs": lambda: _logger_provider(settings, resource, scrubber),
+        "metrics": lambda: _meter_provider(settings, resource, health),
+        "traces": lambda: _tracer_provider(pipeline()),
+        "logs": lambda: _logger_provider(pipeline()),
     }
     built: dict[str, Any] = {}
+
+    def pipeline() -> _Pipeline:
+        meter_provider = built["metrics"][0] if built["metrics"] is not None else None
+        return _Pipeline(settings, resource, scrubber, health, meter_provider)
+
     problems = list(settings.problems)
     for signal, build in builders.items():
         if settings.exporter(signal) == "none":
@@ -450,6 +494,7 @@ def build_providers(
         meter_provider=meter_provider,
         logger_provider=built["logs"],
         prometheus=prometheus,
+        export_health=health,
     )
     return providers, replace(settings, problems=tuple(problems))
 

@@ -106,6 +106,8 @@ class Settings:
     log_format: str = "auto"
     runtime_metrics: bool = True
     shutdown_timeout_s: float = 5.0
+    export_report_interval_s: float = 60.0
+    trust_incoming_context: bool = True
     problems: tuple[str, ...] = ()
 
     def instrumentation_enabled(self, name: str) -> bool:
@@ -416,6 +418,20 @@ OPTIONS: tuple[Option, ...] = (
         "OTEL_DIST_SHUTDOWN_TIMEOUT",
         _positive_float,
         doc="Seconds the exit/SIGTERM flush may take, even when the collector is down.",
+    ),
+    _opt(
+        "export_report_interval_s",
+        "OTEL_DIST_EXPORT_REPORT_INTERVAL",
+        _positive_float,
+        doc="While exports fail, one `otel-dist: telemetry export failing` line on stderr per "
+        "this many seconds, with what was dropped (replaces the SDK's per-batch warnings).",
+    ),
+    _opt(
+        "trust_incoming_context",
+        "OTEL_DIST_TRUST_INCOMING_CONTEXT",
+        _bool,
+        doc="Continue the caller's trace from `traceparent` and keep its `baggage`. `false` "
+        "(for a public edge) starts a new trace linked to the caller's and drops its baggage.",
     ),
 )
 

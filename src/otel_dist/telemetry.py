@@ -19,6 +19,8 @@ from opentelemetry.propagators.composite import CompositePropagator
 
 from otel_dist import logs as log_correlation
 from otel_dist.diagnostics import make_visible
+from otel_dist.edge import LinkUntrustedCaller, UntrustedEdgePropagator
+from otel_dist.export_health import fold_sdk_export_messages
 from otel_dist.fastapi import FastAPIInstrumentation, chosen_mode
 from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
 from otel_dist.scrub import Scrubber
@@ -166,6 +168,8 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
     _report_problems(settings)
     telemetry = Telemetry(settings, providers)
     _install_globals(providers)
+    _guard_untrusted_edge(telemetry)
+    _summarise_export_failures(telemetry)
     refresh_identity_after_fork(telemetry._providers())
     _instrument_fastapi(telemetry, app)
     _instrument_sqlalchemy(telemetry, engines)
@@ -206,6 +210,25 @@ def _install_globals(providers: Providers) -> None:
     propagator = propagate.get_global_textmap()
     if not isinstance(propagator, CompositePropagator):
         propagate.set_global_textmap(CompositePropagator([propagator]))
+
+
+def _guard_untrusted_edge(telemetry: Telemetry) -> None:
+    # Opt-in: requests start their own trace, linked to (not continuing) the caller's.
+    tracer_provider = telemetry.providers.tracer_provider
+    if telemetry.settings.trust_incoming_context or tracer_provider is None:
+        return
+    tracer_provider.add_span_processor(LinkUntrustedCaller())
+    propagator = propagate.get_global_textmap()
+    if not isinstance(propagator, UntrustedEdgePropagator):
+        propagate.set_global_textmap(UntrustedEdgePropagator(propagator))
+        telemetry._extra_uninstrument.append(lambda: propagate.set_global_textmap(propagator))
+
+
+def _summarise_export_failures(telemetry: Telemetry) -> None:
+    # One rate-limited stderr line replaces the SDK's warning per failed attempt and batch.
+    health = telemetry.providers.export_health
+    if health is not None:
+        telemetry._extra_uninstrument.append(fold_sdk_export_messages(health))
 
 
 def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:

@@ -1,0 +1,77 @@
+"""An untrusted edge: the caller's trace context is linked to, never adopted.
+
+By default a request continues the trace its ``traceparent`` names and keeps its ``baggage``, which
+is what services behind a gateway want. A service that faces the internet cannot trust either: a
+client can join its requests to any trace id, choose the sampling decision (``-00`` turns tracing
+off for its requests), and hand in baggage. With ``OTEL_DIST_TRUST_INCOMING_CONTEXT=false`` the
+global propagator's ``extract`` keeps only the caller's span context, aside in the context, and
+drops its baggage; the request's SERVER span then starts a new trace (sampled by our own
+sampler) and carries a span link to the caller's span, so the two traces stay one click apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry.propagators.textmap import (
+    CarrierT,
+    Getter,
+    Setter,
+    TextMapPropagator,
+    default_getter,
+    default_setter,
+)
+from opentelemetry.sdk.trace import Span, SpanProcessor
+
+_CALLER = create_key("otel_dist.untrusted_caller")
+LINK_ATTRIBUTES = {"otel_dist.link.reason": "untrusted incoming trace context"}
+
+
+class UntrustedEdgePropagator(TextMapPropagator):
+    """Extracts the caller's span context for a link only; injects like the wrapped propagator."""
+
+    def __init__(self, inner: TextMapPropagator) -> None:
+        self._inner = inner
+
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        """``context`` unchanged but for the caller's span context, kept aside (no baggage)."""
+        base = context if context is not None else Context()
+        extracted = self._inner.extract(carrier, Context(), getter)
+        caller = trace.get_current_span(extracted).get_span_context()
+        if not caller.is_valid:
+            return base
+        return set_value(_CALLER, caller, base)
+
+    def inject(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        setter: Setter[CarrierT] = default_setter,
+    ) -> None:
+        """Our own outgoing calls propagate our trace as usual."""
+        self._inner.inject(carrier, context, setter)
+
+    @property
+    def fields(self) -> set[str]:
+        """The wrapped propagator's header names."""
+        return set(self._inner.fields)
+
+
+class LinkUntrustedCaller(SpanProcessor):
+    """Adds the link to the caller's span on the root span of an untrusted request."""
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Link a new root span to the caller kept aside by ``UntrustedEdgePropagator``."""
+        if parent_context is None:
+            return
+        caller: Any = get_value(_CALLER, parent_context)
+        if caller is None or trace.get_current_span(parent_context).get_span_context().is_valid:
+            return  # not an untrusted request, or a child span inside one
+        span.add_link(caller, LINK_ATTRIBUTES)

@@ -1,0 +1,261 @@
+"""What failed to export, counted and said once: the app's view of a collector outage.
+
+When the collector is down, the SDK's exporters retry each batch, give up, and log a warning per
+attempt and an error per batch, on every export thread: dozens of lines a minute that bury the
+app's own output, yet never say how much was lost in all. Here each exporter is wrapped to count
+the items of every batch that failed for good, the SDK's per-batch lines are folded into that
+count (their text becomes the reported reason), and ``otel_dist.internal`` says on stderr:
+
+- ``otel-dist: telemetry export failing ...`` at the first failure, then at most once per
+  ``OTEL_DIST_EXPORT_REPORT_INTERVAL`` seconds while failures go on, with the totals so far;
+- ``otel-dist: telemetry export recovered ...`` once, at the first success after failures.
+
+The same losses are counted as metrics by the SDK itself (its ``otel.sdk.exporter.*.exported``
+and ``otel.sdk.processor.*.processed`` instruments, with ``error.type``), which ``sdk.py``
+switches on; this module does not duplicate them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.sdk._logs import ReadableLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from otel_dist.diagnostics import INTERNAL_LOGGER
+from otel_dist.settings import Signal
+
+_log = logging.getLogger(INTERNAL_LOGGER)
+
+# The SDK loggers whose per-batch export complaints this module replaces with its summary.
+SDK_EXPORT_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http._log_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk._shared_internal",
+    "opentelemetry.sdk.metrics._internal.export",
+)
+# Prefixes of the SDK messages that describe one failed attempt or batch (not a misconfiguration).
+_PER_BATCH_MESSAGES = (
+    "Transient error",
+    "Failed to export",
+    "Queue full",
+    "Exception while exporting metrics",
+    "Shutdown in progress, aborting retry",
+)
+_UNITS: dict[Signal, str] = {"traces": "spans", "logs": "log records", "metrics": "metric exports"}
+
+
+class ExportHealth:
+    """Counts items lost per signal and reports failing/recovered on stderr, rate-limited."""
+
+    def __init__(
+        self,
+        interval_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        report: Callable[[str], None] = _log.warning,
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._report = report
+        self._lock = threading.Lock()
+        self.dropped: dict[Signal, int] = {"traces": 0, "logs": 0, "metrics": 0}
+        self._outage_dropped: dict[Signal, int] = dict(self.dropped)
+        self._failing_since: float | None = None
+        self._last_report: float | None = None
+        self.last_reason = ""
+
+    def exported(self, signal: Signal, items: int, ok: bool) -> None:
+        """Record one export call's outcome (called on the export threads)."""
+        with self._lock:
+            if ok:
+                self._record_success()
+            else:
+                self._record_loss(signal, items)
+
+    def queue_dropped(self, signal: Signal, items: int) -> None:
+        """Record items a full batch queue turned away (they never reached an exporter)."""
+        with self._lock:
+            self._record_loss(signal, items)
+
+    def sdk_complained(self, message: str) -> None:
+        """Keep the SDK's last per-batch message as the reason shown in the next report."""
+        self.last_reason = message
+
+    def _record_loss(self, signal: Signal, items: int) -> None:
+        self.dropped[signal] += items
+        self._outage_dropped[signal] += items
+        now = self._clock()
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._last_report is None or now - self._last_report >= self.interval_s:
+            self._last_report = now
+            reason = f" ({self.last_reason})" if self.last_reason else ""
+            self._report(
+                f"otel-dist: telemetry export failing{reason}; dropped so far: "
+                f"{_totals(self.dropped)}. Next report in {self.interval_s:g} s at the earliest; "
+                "the app keeps serving."
+            )
+
+    def _record_success(self) -> None:
+        if self._failing_since is None:
+            return
+        lasted = self._clock() - self._failing_since
+        self._report(
+            f"otel-dist: telemetry export recovered after {lasted:.1f} s; dropped during the "
+            f"failures: {_totals(self._outage_dropped)}."
+        )
+        self._failing_since = None
+        self._last_report = None
+        self._outage_dropped = {"traces": 0, "logs": 0, "metrics": 0}
+        self.last_reason = ""
+
+
+def _totals(counts: dict[Signal, int]) -> str:
+    return ", ".join(f"{counts[signal]} {unit}" for signal, unit in _UNITS.items())
+
+
+class FoldSdkExportMessages(logging.Filter):
+    """Drops the SDK's per-attempt export messages, keeping the last as the reported reason."""
+
+    def __init__(self, health: ExportHealth) -> None:
+        super().__init__()
+        self._health = health
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) for a per-batch export message; every other record passes."""
+        message = record.getMessage()
+        if message.startswith(_PER_BATCH_MESSAGES):
+            self._health.sdk_complained(message)
+            return False
+        return True
+
+
+def fold_sdk_export_messages(health: ExportHealth) -> Callable[[], None]:
+    """Install the filter on the SDK's export loggers; returns the function that removes it."""
+    folding = FoldSdkExportMessages(health)
+    loggers = [logging.getLogger(name) for name in SDK_EXPORT_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(folding)
+
+    def remove() -> None:
+        for logger in loggers:
+            logger.removeFilter(folding)
+
+    return remove
+
+
+class ReportingSpanExporter(SpanExporter):
+    """Tells ``ExportHealth`` how each span batch went, then returns the inner result."""
+
+    def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
+        self._inner = inner
+        self._health = health
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export through the inner exporter and record the outcome."""
+        result = self._inner.export(spans)
+        self._health.exported("traces", len(spans), result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self._inner.force_flush(timeout_millis)
+
+
+class ReportingLogExporter(LogRecordExporter):
+    """Tells ``ExportHealth`` how each log batch went, then returns the inner result."""
+
+    def __init__(self, inner: LogRecordExporter, health: ExportHealth) -> None:
+        self._inner = inner
+        self._health = health
+
+    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
+        """Export through the inner exporter and record the outcome."""
+        result = self._inner.export(batch)
+        self._health.exported("logs", len(batch), result is LogRecordExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self._inner.force_flush(timeout_millis)
+
+
+class ReportingMetricExporter(MetricExporter):
+    """Tells ``ExportHealth`` how each metric export went, then returns the inner result."""
+
+    def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
+        # The reader asks the exporter for its temporality and aggregation: keep the inner's.
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self._health = health
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        """Export through the inner exporter and record the outcome (one item per export)."""
+        result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        self._health.exported("metrics", 1, result is MetricExportResult.SUCCESS)
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Flush the wrapped exporter."""
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Shut the wrapped exporter down."""
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+class _QueueDropCounter:
+    """Stands in for a batch processor's SDK metrics object, adding its drops to the health."""
+
+    def __init__(self, inner: Any, signal: Signal, health: ExportHealth) -> None:
+        self._inner = inner
+        self._signal = signal
+        self._health = health
+
+    def register_queue_size(self, get_queue_size: Callable[[], int]) -> None:
+        self._inner.register_queue_size(get_queue_size)
+
+    def finish_items(self, count: int) -> None:
+        self._inner.finish_items(count)
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        self._inner.drop_items(count, error_type)
+        self._health.queue_dropped(self._signal, count)
+
+
+def count_queue_drops(processor: Any, signal: Signal, health: ExportHealth) -> bool:
+    """Make ``health`` see the spans/logs a full batch queue drops; False if it cannot.
+
+    The SDK counts those drops only in its own metric, on an object its batch processor keeps
+    privately; the wrapper forwards every call to it. If a future SDK moves it, the drops are
+    still in that metric, just not in our stderr summary.
+    """
+    batch = getattr(processor, "_batch_processor", None)
+    inner = getattr(batch, "_metrics", None)
+    if batch is None or inner is None or not hasattr(inner, "drop_items"):
+        return False
+    batch._metrics = _QueueDropCounter(inner, signal, health)
+    return True
