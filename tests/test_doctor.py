@@ -541,3 +541,57 @@ def test_console_script_help() -> None:
     result = _otel_dist("--help")
 
     assert (result.returncode, result.stdout, result.stderr) == (0, USAGE, "")
+
+
+class _NeedsToken(BaseHTTPRequestHandler):
+    """Accepts an export only with ``Authorization: Bearer good-token``, like a vendor endpoint."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        allowed = self.headers.get("Authorization") == "Bearer good-token"
+        self.send_response(200 if allowed else 401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def token_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NeedsToken)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ("authorization=Bearer%20good-token", None),
+        (
+            "authorization=Bearer%20wrong",
+            "rejects the configured OTLP headers/credentials (HTTP 401)",
+        ),
+        ("", "rejects the configured OTLP headers/credentials (HTTP 401)"),
+    ],
+)
+def test_probe_sends_the_configured_headers(
+    token_server: str, headers: str, problem: str | None
+) -> None:
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{token_server}/v1/traces"}
+    env |= {"OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"}
+    if headers:
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = headers
+    report = diagnose(env=env)
+
+    if problem is None:
+        assert report.problems == []
+        assert line_of(report, "endpoints", "traces") == f"traces: {token_server}/v1/traces answers"
+    else:
+        assert report.problems == [f"OTLP traces endpoint {token_server}/v1/traces {problem}"]

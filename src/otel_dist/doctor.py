@@ -289,10 +289,16 @@ def _distro_lines(found: list[str]) -> list[str]:
     return lines or ["otel_dist only: no conflict"]
 
 
-def _probe_otlp_http(endpoint: str, timeout: float) -> str | None:
-    """None when the endpoint answers an (empty) OTLP export; else the reason it does not."""
+def _probe_otlp_http(
+    endpoint: str, configured_headers: Mapping[str, str], timeout: float
+) -> str | None:
+    """None when the endpoint accepts an (empty) OTLP export; else the reason it does not.
+
+    The probe sends the configured OTLP headers, as the exporter will, so a collector or vendor
+    endpoint that rejects the credentials is reported rather than counted as answering.
+    """
     parts = urlsplit(endpoint)
-    headers = {"Content-Type": "application/x-protobuf"}
+    headers = {**configured_headers, "Content-Type": "application/x-protobuf"}
     if parts.username is not None or parts.password is not None:
         # urllib would take user:password@ for part of the host name: send it as the exporter
         # does, in an Authorization header.
@@ -309,16 +315,25 @@ def _probe_otlp_http(endpoint: str, timeout: float) -> str | None:
             return None
     except urllib.error.HTTPError as exc:
         exc.close()
-        # Any HTTP answer proves something listens; 404 means a wrong path though.
-        return f"answers HTTP {exc.code} (wrong path?)" if exc.code == 404 else None
+        return _http_problem(exc.code)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return f"does not answer: {reason}"
 
 
-def _endpoint_lines(
-    settings: Settings, probe: Callable[[str, float], str | None], report: Report
-) -> list[str]:
+def _http_problem(status: int) -> str | None:
+    # Any other HTTP answer proves an OTLP receiver listens (an empty export may be a 400).
+    if status == 404:
+        return f"answers HTTP {status} (wrong path?)"
+    if status in (401, 403):
+        return f"rejects the configured OTLP headers/credentials (HTTP {status})"
+    return None
+
+
+Probe = Callable[[str, Mapping[str, str], float], str | None]
+
+
+def _endpoint_lines(settings: Settings, probe: Probe, report: Report) -> list[str]:
     lines: list[str] = []
     for signal in SIGNALS:
         if settings.exporter(signal) != "otlp":
@@ -329,7 +344,7 @@ def _endpoint_lines(
         if otlp.protocol == "grpc":
             problem = _probe_grpc(otlp.endpoint, min(otlp.timeout_s, 3.0))
         else:
-            problem = probe(otlp.endpoint, min(otlp.timeout_s, 3.0))
+            problem = probe(otlp.endpoint, otlp.headers, min(otlp.timeout_s, 3.0))
         if problem is None:
             lines.append(f"{signal}: {shown} answers")
         else:
@@ -352,7 +367,7 @@ def diagnose(
     env: Mapping[str, str] | None = None,
     *,
     network: bool = True,
-    probe: Callable[[str, float], str | None] = _probe_otlp_http,
+    probe: Probe = _probe_otlp_http,
 ) -> Report:
     """Build the doctor report for ``env`` (default: this process's environment)."""
     env = os.environ if env is None else env
