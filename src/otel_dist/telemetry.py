@@ -22,6 +22,7 @@ from otel_dist.diagnostics import make_visible
 from otel_dist.edge import LinkUntrustedCaller, UntrustedEdgePropagator
 from otel_dist.export_health import fold_sdk_export_messages
 from otel_dist.fastapi import FastAPIInstrumentation, chosen_mode
+from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk import Providers, build_providers
@@ -170,6 +171,7 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
     _install_globals(providers)
     _guard_untrusted_edge(telemetry)
     _summarise_export_failures(telemetry)
+    telemetry._extra_uninstrument.append(make_header_warnings_safe())
     refresh_identity_after_fork(telemetry._providers())
     _instrument_fastapi(telemetry, app)
     _instrument_sqlalchemy(telemetry, engines)
