@@ -189,5 +189,9 @@ def test_collector_outage_one_line_then_recovery_and_self_metrics(
                 )
 
             assert back.wait_for(failed_exports_counted, 15), {p.name for p in back.metrics()}
+            # Only the loss counters: the SDK's per-span counting stays off the request path.
+            names = {p.name for p in back.metrics()}
+            assert "otel.sdk.processor.span.processed" in names
+            assert not {"otel.sdk.span.started", "otel.sdk.span.live"} & names
         finally:
             back.stop()

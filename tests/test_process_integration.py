@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from otel_dist.sink import OtlpSink
+from support.collector import hanging_collector
 from support.servers import (
     PID_APP,
     REPO_ROOT,
@@ -29,6 +28,7 @@ from support.servers import (
     uvicorn_argv,
     venv_bin,
 )
+from support.traffic import hit, hit_every_worker, request_counts, trace_id_of
 
 ROOT = REPO_ROOT
 APP = PID_APP
@@ -40,10 +40,8 @@ Factory = Callable[..., ServerProcess]
 @pytest.fixture
 def blackhole() -> Iterator[str]:
     """An endpoint that accepts TCP connections and never answers: the worst collector outage."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    with hanging_collector() as endpoint:
+        yield endpoint
 
 
 def _start_pid_app(
@@ -57,15 +55,6 @@ def _start_pid_app(
     else:
         extra = {**extra, "PID_APP_MODE": "configure"}
     return server_factory(argv, env=pid_app_env(endpoint, **extra), port=port, cwd=ROOT)
-
-
-def _hit(base: str, count: int) -> list[httpx.Response]:
-    def one(_: int) -> httpx.Response:
-        # A fresh connection per request, so the kernel spreads them over the workers.
-        return httpx.get(f"{base}/pid", timeout=10)
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(one, range(count)))
 
 
 WORKER_SERVERS: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
@@ -90,14 +79,10 @@ def test_every_worker_exports_and_metrics_are_not_double_counted(
         port=port,
         cwd=ROOT,
     )
-    responses: list[httpx.Response] = []
-    for _ in range(10):  # until both workers have answered, bounded
-        responses += _hit(proc.base_url, 20)
-        if len({r.json()["pid"] for r in responses}) >= 2:
-            break
+    responses = hit_every_worker(proc.base_url)
     pids = {r.json()["pid"] for r in responses}
     assert len(pids) == 2, proc.output()
-    traces = {r.headers["traceresponse"].split("-")[1]: r.json()["pid"] for r in responses}
+    traces = {trace_id_of(r): r.json()["pid"] for r in responses}
 
     def all_spans(sink: OtlpSink) -> bool:
         got = {s.trace_id for s in sink.spans() if s.kind == "SERVER"}
@@ -110,14 +95,7 @@ def test_every_worker_exports_and_metrics_are_not_double_counted(
     assert {t: span_pids[t] for t in traces} == traces
 
     def counted(sink: OtlpSink) -> int:
-        latest: dict[str, int] = {}
-        for p in sink.metrics():
-            if (
-                p.name == "http.server.request.duration"
-                and p.attributes.get("http.route") == "/pid"
-            ):
-                latest[p.resource["service.instance.id"]] = p.value["count"]
-        return sum(latest.values())
+        return sum(request_counts(sink, ["/pid"]).values())
 
     assert otlp_sink.wait_for(lambda s: counted(s) >= len(responses), timeout=20)
     time.sleep(1.5)  # a few more export rounds: the total must not grow past what was sent
@@ -138,7 +116,7 @@ def test_sigterm_flush_is_bounded_when_the_collector_hangs(
         OTEL_BSP_SCHEDULE_DELAY="60000",
     )
     # Exporting never blocks or fails a request, even with the collector hanging.
-    assert [r.status_code for r in _hit(proc.base_url, 30)] == [200] * 30
+    assert [r.status_code for r in hit(proc.base_url, 30)] == [200] * 30
     started = time.monotonic()
     proc.process.send_signal(signal.SIGTERM)
     proc.process.wait(timeout=30)
@@ -160,8 +138,8 @@ def test_sigterm_with_collector_up_loses_nothing_already_produced(
         OTEL_BSP_SCHEDULE_DELAY="60000",
         OTEL_BLRP_SCHEDULE_DELAY="60000",
     )
-    responses = _hit(proc.base_url, 25)
-    traces = {r.headers["traceresponse"].split("-")[1] for r in responses}
+    responses = hit(proc.base_url, 25)
+    traces = {trace_id_of(r) for r in responses}
     assert not [s for s in otlp_sink.spans() if s.kind == "SERVER"]
     assert proc.stop(signal.SIGTERM, timeout=15) != -9
     exported = {s.trace_id for s in otlp_sink.spans() if s.kind == "SERVER"}
@@ -176,7 +154,7 @@ def test_bad_variable_under_launcher_logs_one_line_and_app_serves(
     proc = _start_pid_app(
         server_factory, otlp_sink.endpoint, zero_code=True, OTEL_TRACES_EXPORTER="zipkin"
     )
-    assert [r.status_code for r in _hit(proc.base_url, 5)] == [200] * 5
+    assert [r.status_code for r in hit(proc.base_url, 5)] == [200] * 5
     assert otlp_sink.wait_for(
         lambda s: any(p.name == "http.server.request.duration" for p in s.metrics()), timeout=10
     )

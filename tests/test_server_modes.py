@@ -16,7 +16,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from support.servers import (
     uvicorn_argv,
     venv_bin,
 )
+from support.traffic import hit, hit_every_worker, trace_id_of
 
 ROOT = REPO_ROOT
 APP = PID_APP
@@ -45,27 +45,7 @@ Factory = Callable[..., ServerProcess]
 
 
 def _hit(base_url: str, count: int) -> list[httpx.Response]:
-    def one(_: int) -> httpx.Response:
-        # A fresh connection per request, so the kernel spreads them over the workers.
-        response = httpx.get(f"{base_url}/pid", timeout=10)
-        response.raise_for_status()
-        return response
-
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(one, range(count)))
-
-
-def _hit_every_worker(base_url: str, workers: int = 2) -> list[httpx.Response]:
-    responses: list[httpx.Response] = []
-    for _ in range(10):  # until every worker has answered, bounded
-        responses += _hit(base_url, 16)
-        if len({r.json()["pid"] for r in responses}) >= workers:
-            break
-    return responses
-
-
-def _trace_id(response: httpx.Response) -> str:
-    return response.headers["traceresponse"].split("-")[1]
+    return hit(base_url, count, raise_for_status=True)
 
 
 def _port_is_free(port: int) -> bool:
@@ -161,7 +141,7 @@ def test_each_worker_serves_its_own_scrape_endpoint_and_counts_add_up(
         port=port,
         cwd=ROOT,
     )
-    responses = _hit_every_worker(proc.base_url)
+    responses = hit_every_worker(proc.base_url, raise_for_status=True)
     served = Counter(r.json()["pid"] for r in responses)
     assert len(served) == 2, proc.output()
 
@@ -172,7 +152,7 @@ def test_each_worker_serves_its_own_scrape_endpoint_and_counts_add_up(
     assert sum(s.pid_requests for s in scrapes) == len(responses)
     assert len({s.instance_id for s in scrapes}) == 2
     assert _port_is_free(base + 2), "a third process took a scrape port"
-    traces = {_trace_id(r) for r in responses}
+    traces = {trace_id_of(r) for r in responses}
     assert otlp_sink.wait_for(
         lambda s: traces <= {x.trace_id for x in s.spans() if x.kind == "SERVER"}, timeout=10
     )
@@ -237,7 +217,7 @@ def test_reload_child_serves_and_exports_server_spans_across_a_reload(
     [second_pid] = new_pids
     assert second_pid != proc.process.pid, proc.output()
 
-    traces = {_trace_id(r): r.json()["pid"] for r in responses}
+    traces = {trace_id_of(r): r.json()["pid"] for r in responses}
 
     def server_spans(sink: OtlpSink) -> dict[str, tuple[str, str, int]]:
         return {
@@ -305,7 +285,7 @@ def test_fastapi_without_native_telemetry_gets_the_contrib_middleware(
     for response in responses:
         assert response.headers["x-request-id"]
         assert response.headers["traceresponse"].startswith("00-")
-    traces = {_trace_id(r) for r in responses}
+    traces = {trace_id_of(r) for r in responses}
 
     def spans_of_requests(sink: OtlpSink) -> list[tuple[str, str, str]]:
         return sorted((s.trace_id, s.kind, s.name) for s in sink.spans() if s.trace_id in traces)

@@ -188,6 +188,30 @@ def test_each_route_switches_off_and_on_by_env(binaries: dict[str, Path], variab
     assert "otlp_http/nowhere" in wrong.stderr + wrong.stdout
 
 
+def test_tail_sampling_is_opt_in_by_env(binaries: dict[str, Path]) -> None:
+    variable = "OTELCOL_TRACES_SAMPLING_PROCESSORS"
+    assert "tail_sampling" not in _validated_pipelines(binaries)["traces/sampled"]
+    on = {variable: "[memory_limiter, tail_sampling]"}
+    assert "tail_sampling" in _validated_pipelines(binaries, on)["traces/sampled"]
+    wrong = _validate(binaries, {variable: "[memory_limiter, tail_sampling/nowhere]"})
+    assert wrong.returncode != 0
+
+
+def _validated_pipelines(
+    binaries: dict[str, Path], env: Mapping[str, str] | None = None
+) -> dict[str, list[str]]:
+    """Each pipeline's processors, as the collector resolves the config (``print-config``)."""
+    assert _validate(binaries, env).returncode == 0
+    command = [_binary(binaries, "otelcol"), "print-config", f"--config={COLLECTOR_CONFIG}"]
+    result = _run(command, env)
+    if result.returncode != 0:  # older collectors need the feature gate for print-config
+        gate = "--feature-gates=otelcol.printInitialConfig"
+        result = _run([*command[:2], gate, *command[2:]], env)
+    assert result.returncode == 0, result.stderr
+    pipelines = yaml.safe_load(result.stdout)["service"]["pipelines"]
+    return {name: list(p.get("processors") or []) for name, p in pipelines.items()}
+
+
 # --- Prometheus --------------------------------------------------------------------------------
 def test_prometheus_config_and_rules_check(binaries: dict[str, Path]) -> None:
     promtool = _binary(binaries, "promtool")

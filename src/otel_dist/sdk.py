@@ -13,7 +13,8 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -71,6 +72,26 @@ _DROPPED_INSTRUMENTS = (
 _PROMETHEUS_PORT_RANGE = 64
 # The SDK counts dropped and failed telemetry in its own metrics only when this is "true".
 SDK_SELF_METRICS_VARIABLE = "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+
+
+@contextmanager
+def _loss_counters(meter_provider: MeterProvider | None) -> Iterator[None]:
+    """Build exporters and batch processors inside this to have the SDK count their losses.
+
+    The SDK reads one switch for all its self-metrics, each time it builds a component. Set for
+    the whole process, it would also count every span three times and every log record once,
+    synchronously on the request path (about 100 µs per trivial request here), for instruments
+    nobody reads. So it is set only while the export side is built. A user who sets the
+    variable decides for every component, as with the plain SDK.
+    """
+    if meter_provider is None or SDK_SELF_METRICS_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[SDK_SELF_METRICS_VARIABLE] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop(SDK_SELF_METRICS_VARIABLE, None)
 
 
 @dataclass
@@ -316,12 +337,13 @@ def _tracer_provider(p: _Pipeline) -> TracerProvider:
     provider = TracerProvider(
         resource=p.resource, sampler=build_sampler(p.settings), shutdown_on_exit=False
     )
-    exporter = ReportingSpanExporter(_span_exporter(p.settings, p.meter_provider), p.health)
-    processor = BatchSpanProcessor(
-        ScrubbingSpanExporter(exporter, p.scrubber),
-        **_batch_kwargs(p.settings.bsp),
-        meter_provider=p.meter_provider,
-    )
+    with _loss_counters(p.meter_provider):
+        exporter = ReportingSpanExporter(_span_exporter(p.settings, p.meter_provider), p.health)
+        processor = BatchSpanProcessor(
+            ScrubbingSpanExporter(exporter, p.scrubber),
+            **_batch_kwargs(p.settings.bsp),
+            meter_provider=p.meter_provider,
+        )
     count_queue_drops(processor, "traces", p.health)
     provider.add_span_processor(processor)
     return provider
@@ -436,12 +458,13 @@ def _meter_provider(
 
 def _logger_provider(p: _Pipeline) -> LoggerProvider:
     provider = LoggerProvider(resource=p.resource, shutdown_on_exit=False)
-    exporter = ReportingLogExporter(_log_exporter(p.settings, p.meter_provider), p.health)
-    processor = BatchLogRecordProcessor(
-        ScrubbingLogExporter(exporter, p.scrubber),
-        **_batch_kwargs(p.settings.blrp),
-        meter_provider=p.meter_provider,
-    )
+    with _loss_counters(p.meter_provider):
+        exporter = ReportingLogExporter(_log_exporter(p.settings, p.meter_provider), p.health)
+        processor = BatchLogRecordProcessor(
+            ScrubbingLogExporter(exporter, p.scrubber),
+            **_batch_kwargs(p.settings.blrp),
+            meter_provider=p.meter_provider,
+        )
     count_queue_drops(processor, "logs", p.health)
     provider.add_log_record_processor(processor)
     return provider
@@ -458,9 +481,6 @@ def build_providers(
     """
     resource = build_resource(settings)
     health = ExportHealth(settings.export_report_interval_s)
-    if settings.exporter("metrics") != "none":
-        # Dropped and failed telemetry then shows as metrics too (users may set it "false").
-        os.environ.setdefault(SDK_SELF_METRICS_VARIABLE, "true")
     # Metrics first: the span and log pipelines report their own losses through its provider.
     builders: dict[Signal, Callable[[], Any]] = {
         "metrics": lambda: _meter_provider(settings, resource, health),

@@ -15,242 +15,30 @@ Under CI=true nothing here skips: a missing Go toolchain or a failed build is a 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from support.servers import REPO_ROOT, ServerProcess, free_port, start_server, venv_bin
+from support.stack import (
+    Backends,
+    JaegerSearch,
+    eventually,
+    hex_id,
+    load_stack_module,
+    require_toolchain,
+)
 
 pytestmark = pytest.mark.e2e
-IN_CI = os.environ.get("CI", "").lower() == "true"
 DASHBOARDS = REPO_ROOT / "grafana" / "dashboards"
 ERRORS = 12  # 500s sent in the main phase: 12/(12+~60) is far above the 5% alert threshold
-
-
-def _load_stack_module() -> ModuleType:
-    path = REPO_ROOT / "stack" / "run.py"
-    spec = importlib.util.spec_from_file_location("otel_dist_stack_run", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _require_toolchain() -> None:
-    if shutil.which("go") is None:
-        message = "the e2e stack is built from source and needs Go (`go` not on PATH)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60, every: float = 1.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with its last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (httpx.HTTPError, KeyError, ValueError) as exc:
-            last = exc
-        if last:
-            return last
-        time.sleep(every)
-    pytest.fail(f"not true after {timeout:.0f} s; last value: {last!r}"[:2000])
-
-
-@dataclass
-class Backends:
-    """The backends' HTTP APIs, queried as Grafana's datasources do.
-
-    ``traces`` is the trace backend's API, Tempo's or Jaeger's as ``trace_backend`` says.
-    """
-
-    prometheus: str
-    traces: str
-    loki: str
-    trace_backend: str = "tempo"
-    client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
-
-    def promql(self, query: str) -> list[dict[str, Any]]:
-        r = self.client.get(f"{self.prometheus}/api/v1/query", params={"query": query})
-        r.raise_for_status()
-        result: list[dict[str, Any]] = r.json()["data"]["result"]
-        return result
-
-    def exemplars(self, query: str) -> list[dict[str, Any]]:
-        now = time.time()
-        r = self.client.get(
-            f"{self.prometheus}/api/v1/query_exemplars",
-            params={"query": query, "start": now - 3600, "end": now + 60},
-        )
-        r.raise_for_status()
-        return [e for series in r.json()["data"] for e in series["exemplars"]]
-
-    def alerts(self) -> list[dict[str, Any]]:
-        r = self.client.get(f"{self.prometheus}/api/v1/alerts")
-        r.raise_for_status()
-        alerts: list[dict[str, Any]] = r.json()["data"]["alerts"]
-        return alerts
-
-    def trace(self, trace_id: str) -> list[dict[str, Any]]:
-        """Spans of a trace, or [] when the backend does not know it.
-
-        Each span is a dict with at least name, kind (``SPAN_KIND_*``, or its OTLP number from
-        Tempo), spanId, parentSpanId (hex, or base64 from Tempo: compare through ``_hex_id``)
-        and service.
-        """
-        if self.trace_backend == "jaeger":
-            return self._jaeger_trace(trace_id)
-        return self._tempo_trace(trace_id)
-
-    def _tempo_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        """Flattened from Tempo's OTLP JSON."""
-        for path in (f"/api/v2/traces/{trace_id}", f"/api/traces/{trace_id}"):
-            r = self.client.get(f"{self.traces}{path}")
-            if r.status_code == 404:
-                continue
-            r.raise_for_status()
-            body = r.json()
-            body = body.get("trace", body)
-            batches = body.get("batches") or body.get("resourceSpans") or []
-            return [
-                {**span, "service": _resource_service(batch)}
-                for batch in batches
-                for scope in batch.get("scopeSpans", batch.get("instrumentationLibrarySpans", []))
-                for span in scope.get("spans", [])
-            ]
-        return []
-
-    def _jaeger_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        """Jaeger's JSON (``data[0].spans``, parents in ``references``, services in
-        ``processes``) normalised to the same keys as Tempo's spans."""
-        r = self.client.get(f"{self.traces}/api/traces/{trace_id}")
-        if r.status_code == 404:
-            return []
-        r.raise_for_status()
-        data = r.json().get("data") or []
-        if not data:
-            return []
-        processes = data[0].get("processes", {})
-        return [
-            {
-                "name": span["operationName"],
-                "kind": _jaeger_kind(span),
-                "spanId": span["spanID"],
-                "parentSpanId": next(
-                    (
-                        ref["spanID"]
-                        for ref in span.get("references") or []
-                        if ref.get("refType") == "CHILD_OF"
-                    ),
-                    "",
-                ),
-                "service": processes.get(span["processID"], {}).get("serviceName", ""),
-            }
-            for span in data[0].get("spans", [])
-        ]
-
-    def jaeger_search(self, search: JaegerSearch) -> list[dict[str, Any]]:
-        """Traces a Jaeger search finds (``/api/traces?service=...``) in the last hour."""
-        now_us = int(time.time() * 1_000_000)
-        window = {"start": str(now_us - 3600 * 1_000_000), "end": str(now_us)}
-        r = self.client.get(f"{self.traces}/api/traces", params={**window, **search.params})
-        r.raise_for_status()
-        traces: list[dict[str, Any]] = r.json().get("data") or []
-        if search.errors_only:
-            traces = [t for t in traces if any(_jaeger_error(span) for span in t["spans"])]
-        return traces
-
-    def traceql(self, query: str) -> list[dict[str, Any]]:
-        """Tempo's search API; Tempo only (Jaeger has no TraceQL)."""
-        now = int(time.time())
-        r = self.client.get(
-            f"{self.traces}/api/search",
-            params={"q": query, "start": now - 3600, "end": now + 60, "limit": 100},
-        )
-        r.raise_for_status()
-        traces: list[dict[str, Any]] = r.json().get("traces", [])
-        return traces
-
-    def logql(self, query: str, limit: int = 200) -> list[tuple[dict[str, str], str]]:
-        """(labels incl. structured metadata, line) for each log line matching ``query``."""
-        now = time.time_ns()
-        r = self.client.get(
-            f"{self.loki}/loki/api/v1/query_range",
-            params={
-                "query": query,
-                "start": now - 3600 * 10**9,
-                "end": now + 60 * 10**9,
-                "limit": limit,
-            },
-        )
-        r.raise_for_status()
-        data = r.json()["data"]
-        if data["resultType"] != "streams":
-            return [({**s["metric"]}, v[1]) for s in data["result"] for v in s["values"]]
-        return [
-            ({**stream["stream"], **(value[2] if len(value) > 2 else {})}, value[1])
-            for stream in data["result"]
-            for value in stream["values"]
-        ]
-
-
-def _resource_service(batch: dict[str, Any]) -> str:
-    for attribute in batch.get("resource", {}).get("attributes", []):
-        if attribute["key"] == "service.name":
-            return str(attribute["value"].get("stringValue", ""))
-    return ""
-
-
-def _jaeger_kind(span: dict[str, Any]) -> str:
-    """Jaeger keeps the OTLP span kind as a ``span.kind`` tag (absent for internal spans)."""
-    for tag in span.get("tags", []):
-        if tag["key"] == "span.kind":
-            return f"SPAN_KIND_{str(tag['value']).upper()}"
-    return "SPAN_KIND_INTERNAL"
-
-
-def _jaeger_error(span: dict[str, Any]) -> bool:
-    """Jaeger marks a span whose OTLP status is ERROR with the tag ``error=true``."""
-    return any(t["key"] == "error" and t["value"] in (True, "true") for t in span["tags"])
-
-
-@dataclass(frozen=True)
-class JaegerSearch:
-    """A Jaeger trace search standing in for a TraceQL query.
-
-    ``errors_only`` keeps the traces with an error span, filtered here: Jaeger 2.13's memory
-    store cannot filter on it. Its HTTP API passes ``tags={"error":"true"}`` on as the string
-    "true", and the store reads that with ``Value.Bool()``, which is false for a string, so it
-    looks for status OK and finds no failing trace (internal/storage/v2/memory/tenant.go).
-    """
-
-    params: dict[str, str]
-    errors_only: bool = False
-
-    def __str__(self) -> str:
-        """How the mapping is printed: the request, plus the filter applied to its answer."""
-        request = f"GET /api/traces?{urlencode(self.params)}"
-        if self.errors_only:
-            return f"{request}, keeping the traces with a span tagged error=true"
-        return request
 
 
 def _jaeger_search_for(traceql: str) -> JaegerSearch | None:
@@ -278,15 +66,6 @@ def _jaeger_search_for(traceql: str) -> JaegerSearch | None:
     # Newest first; enough to reach past the ok traces to the failing ones when filtering here.
     params["limit"] = "1000" if errors_only else "20"
     return JaegerSearch(params, errors_only)
-
-
-def _hex_id(value: str) -> str:
-    """Tempo returns span ids base64-encoded in OTLP JSON; normalise to hex."""
-    if re.fullmatch(r"[0-9a-f]{16}|[0-9a-f]{32}", value):
-        return value
-    import base64  # noqa: PLC0415
-
-    return base64.b64decode(value).hex()
 
 
 @dataclass
@@ -339,8 +118,8 @@ def _traffic(run: Run) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    _require_toolchain()
-    stack_module = _load_stack_module()
+    require_toolchain()
+    stack_module = load_stack_module()
     workdir = tmp_path_factory.mktemp("e2e")
     stack = stack_module.LocalStack(
         ports=stack_module.Ports.free(),
@@ -392,7 +171,7 @@ def test_500_trace_is_in_the_trace_backend_with_its_db_span(run: Run):
     assert [s["name"] for s in server] == ["GET /fail"]
     db = [s for s in spans if s.get("kind") in ("SPAN_KIND_CLIENT", 3)]
     assert db, spans
-    assert {_hex_id(s["parentSpanId"]) for s in db} == {_hex_id(server[0]["spanId"])}
+    assert {hex_id(s["parentSpanId"]) for s in db} == {hex_id(server[0]["spanId"])}
     assert db[0]["name"] == "SELECT items"
 
 
@@ -475,10 +254,12 @@ def _render(query: str) -> str:
 
 
 # Series that exist only once something failed (the SDK and the collector create these counters
-# at the first failure): a healthy run has none, so their panels are empty by design. The queries
-# still run, so Prometheus must accept them, and the panels are listed in the output.
+# at the first failure), or once opt-in tail sampling is switched on: a healthy default run has
+# none, so their panels are empty by design. The queries still run, so Prometheus must accept
+# them, and the panels are listed in the output.
 FAILURE_ONLY = re.compile(
-    r'otelcol_exporter_(send|enqueue)_failed_|error_type!=""|db_client_connection_timeouts_total'
+    r'otelcol_exporter_(send|enqueue)_failed_|error_type(!=""|="queue_full")'
+    r"|db_client_connection_timeouts_total|otelcol_processor_tail_sampling_"
 )
 
 
@@ -547,7 +328,13 @@ def test_error_rate_alert_goes_pending_under_induced_errors(run: Run):
 
 
 def test_with_tail_sampling_at_10_percent_every_error_trace_is_kept(run: Run):
-    run.stack.restart("otelcol", env={"TAIL_SAMPLING_PERCENT": "10"})
+    run.stack.restart(
+        "otelcol",
+        env={
+            "OTELCOL_TRACES_SAMPLING_PROCESSORS": "[memory_limiter, tail_sampling]",
+            "TAIL_SAMPLING_PERCENT": "10",
+        },
+    )
     oks, failures = [], []
     with httpx.Client(base_url=run.shop.base_url, timeout=10) as client:
         for n in range(100):

@@ -1,0 +1,130 @@
+"""Shared parts of the fault suite (issue D): its scale and the figures each test reports.
+
+``make faults`` runs the suite at full scale (60 s outages, 10,000 hostile requests) and renders
+the figures into the README's Reliability table; CI runs ``make faults-ci``, the same tests with
+shorter outages and fewer requests, which still fail on any loss, leak or 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.servers import REPO_ROOT
+
+SCALE_VARIABLE = "OTEL_DIST_FAULTS"
+RESULTS_VARIABLE = "OTEL_DIST_FAULTS_RESULTS"
+DEFAULT_RESULTS = REPO_ROOT / ".faults" / "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How hard the suite pushes: ``full`` for ``make faults``, ``ci`` for CI's short run."""
+
+    name: str
+    outage_s: float  # how long the collector / a backend stays down
+    hostile_requests: int  # generated hostile requests (hypothesis examples)
+    unmatched_paths: int  # distinct unmatched paths sent to check route cardinality
+    load_rps: int  # steady request rate during outages
+    workers: int  # workers for the multi-process checks
+    worker_requests: int = 200  # requests spread over those workers
+    sigterm_load_s: float = 3  # how long the load runs before SIGTERM
+    # p99 with the collector down over p99 with it up. Issue D's bound is 1.10 and ``make faults``
+    # holds it. CI's 10 s windows give p99 from ~300 samples, which moves by ±50% between two
+    # windows where nothing changes on a shared 2-core machine; there the bound catches a request
+    # path that waits on the exporter (seconds per request), not noise.
+    p99_ratio_max: float = 1.10
+
+
+SCALES = {
+    "full": Scale(
+        "full",
+        outage_s=60,
+        hostile_requests=10_000,
+        unmatched_paths=10_000,
+        load_rps=50,
+        workers=4,
+        worker_requests=1_000,
+        sigterm_load_s=10,
+    ),
+    "ci": Scale(
+        "ci",
+        outage_s=10,
+        hostile_requests=1_500,
+        unmatched_paths=1_000,
+        load_rps=30,
+        workers=4,
+        p99_ratio_max=2.0,
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/faults is marked ``faults``, so ``make unit`` leaves them out."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.faults)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Record each fault test's outcome next to its figures, so the table says pass or fail."""
+    report = yield
+    if call.when == "call" and Path(__file__).parent in item.path.parents:
+        _append({"test": item.nodeid, "outcome": report.outcome})
+    return report
+
+
+@pytest.fixture(scope="session")
+def scale() -> Scale:
+    """The scale named by OTEL_DIST_FAULTS (``full`` or ``ci``; ``ci`` when unset)."""
+    name = os.environ.get(SCALE_VARIABLE, "ci")
+    if name not in SCALES:
+        raise pytest.UsageError(f"{SCALE_VARIABLE}={name!r}: expected one of {sorted(SCALES)}")
+    return SCALES[name]
+
+
+def _results_path() -> Path:
+    return Path(os.environ.get(RESULTS_VARIABLE, str(DEFAULT_RESULTS)))
+
+
+Figures = Callable[..., None]
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest, scale: Scale) -> Figures:
+    """Report this test's figures: printed (``pytest -s`` shows them) and appended to the results.
+
+    Call it with the check's one-line description and its figures as keywords, for example
+    ``figures("collector down 60 s", requests=3000, failed=0, p99_ratio=1.03)``. Record figures
+    *before* asserting on them, so a failing run still reports what it measured.
+    """
+
+    def record(check: str, **values: Any) -> None:
+        line = {
+            "test": request.node.nodeid,
+            "check": check,
+            "scale": scale.name,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "figures": values,
+        }
+        shown = ", ".join(f"{key}={value}" for key, value in values.items())
+        print(f"\nFIGURES [{scale.name}] {check}: {shown}")
+        _append(line)
+
+    return record
+
+
+def _append(line: dict[str, Any]) -> None:
+    path = _results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(json.dumps(line, sort_keys=True) + "\n")
