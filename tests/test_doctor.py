@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -382,10 +383,10 @@ class _NotFound(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def not_found_server() -> Iterator[str]:
-    """An HTTP server on a free loopback port answering 404 to every POST; yields its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server with ``handler`` on a free loopback port; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -394,6 +395,13 @@ def not_found_server() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def not_found_server() -> Iterator[str]:
+    """An HTTP server answering 404 to every POST; yields its base URL."""
+    with _serving(_NotFound) as url:
+        yield url
 
 
 def test_http_404_is_a_problem_naming_a_wrong_path(not_found_server: str) -> None:
@@ -559,15 +567,9 @@ class _NeedsToken(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def token_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NeedsToken)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    """An HTTP server accepting only ``Bearer good-token``; yields its base URL."""
+    with _serving(_NeedsToken) as url:
+        yield url
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from support.servers import REPO_ROOT
+from support.stack import Backends, local_stack
 
 SCALE_VARIABLE = "OTEL_DIST_FAULTS"
 RESULTS_VARIABLE = "OTEL_DIST_FAULTS_RESULTS"
@@ -128,3 +129,22 @@ def _append(line: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as out:
         out.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh local stack for this test alone; stopped at teardown.
+
+    Indirect parameters, if any, are collector variables (``TAIL_SAMPLING_PERCENT``...).
+    """
+    collector_env: dict[str, str] = getattr(request, "param", {})
+    with local_stack(tmp_path / "stack", **collector_env) as running:
+        yield running
+
+
+@pytest.fixture
+def backends(stack: Any) -> Iterator[Backends]:
+    """The stack's backends' HTTP APIs, as Grafana's datasources query them."""
+    result = Backends(stack.prometheus_url, stack.traces_url, stack.loki_url, stack.trace_backend)
+    yield result
+    result.client.close()

@@ -46,7 +46,6 @@ from support.servers import ServerProcess
 from support.stack import (
     Backends,
     found_traces,
-    local_stack,
     loki_lines,
     start_shop,
     stop_stack_process,
@@ -103,25 +102,6 @@ class Shop:
     def output_lines(self) -> list[str]:
         """What the app wrote to stdout and stderr, line by line."""
         return self.server.output().splitlines()
-
-
-@pytest.fixture
-def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh local stack for this test alone; stopped at teardown.
-
-    Indirect parameters, if any, are collector variables (``TAIL_SAMPLING_PERCENT``...).
-    """
-    collector_env: dict[str, str] = getattr(request, "param", {})
-    with local_stack(tmp_path / "stack", **collector_env) as running:
-        yield running
-
-
-@pytest.fixture
-def backends(stack: Any) -> Iterator[Backends]:
-    """The stack's backends' HTTP APIs."""
-    result = Backends(stack.prometheus_url, stack.traces_url, stack.loki_url, stack.trace_backend)
-    yield result
-    result.client.close()
 
 
 @pytest.fixture

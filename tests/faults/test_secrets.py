@@ -21,13 +21,12 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from support.load import TRACEPARENT
 from support.servers import ServerProcess
@@ -35,7 +34,6 @@ from support.stack import (
     Backends,
     JaegerSearch,
     eventually,
-    local_stack,
     start_shop,
 )
 
@@ -95,21 +93,6 @@ class Sent:
             assert match, response.headers
             ids.add(match.group(1))
         return ids
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Any]:
-    """A fresh local stack for this test alone; stopped at teardown."""
-    with local_stack(tmp_path / "stack") as running:
-        yield running
-
-
-@pytest.fixture
-def backends(stack: Any) -> Iterator[Backends]:
-    """The stack's backends' HTTP APIs."""
-    result = Backends(stack.prometheus_url, stack.traces_url, stack.loki_url, stack.trace_backend)
-    yield result
-    result.client.close()
 
 
 def _send(shop: ServerProcess, canaries: Canaries, control: str) -> Sent:
