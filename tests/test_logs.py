@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import logging.config
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -413,6 +414,36 @@ def test_stdlib_record_exported_with_context(install, tracer, logger_provider, e
         attributes
     )
     assert "CANARY" not in exported.to_json()
+
+
+def test_stdlib_exception_export_reuses_the_scrubbed_traceback(
+    install, logger_provider, exporter, monkeypatch
+):
+    formatted: list[object] = []
+    real_format = traceback.format_exception
+
+    def counting_format(*args: Any, **kwargs: Any) -> list[str]:
+        formatted.append(args)
+        return real_format(*args, **kwargs)
+
+    # The contrib handler formats with traceback.format_exception; the record factory (through
+    # logging.Formatter) does not, so any call here is a second formatting of the same traceback.
+    monkeypatch.setattr(traceback, "format_exception", counting_format)
+    install(logger_provider)
+    logger = logging.getLogger("app.orders")
+    try:
+        raise ValueError("bad url /x?token=CANARY5")
+    except ValueError:
+        logger.exception("failed")
+    (exported,) = exporter.get_finished_logs()
+    attributes = dict(exported.log_record.attributes or {})
+    assert attributes["exception.type"] == "ValueError"
+    assert attributes["exception.message"] == "bad url /x?token=[REDACTED]"
+    stacktrace = str(attributes["exception.stacktrace"])
+    assert stacktrace.startswith("Traceback (most recent call last):")
+    assert "ValueError: bad url /x?token=[REDACTED]" in stacktrace
+    assert "CANARY" not in exported.to_json()
+    assert formatted == []
 
 
 def test_structlog_records_via_stdlib_are_exported_once(install, logger_provider, exporter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 
@@ -53,6 +54,15 @@ def test_unsafe_incoming_id_is_replaced(incoming):
 def test_missing_id_is_generated_uniquely():
     ids = {request_id.accept_or_generate(None) for _ in range(100)}
     assert len(ids) == 100
+
+
+def test_generated_id_is_a_uuid4_in_hex():
+    for _ in range(100):
+        generated = request_id.accept_or_generate(None)
+        assert GENERATED.fullmatch(generated)
+        parsed = uuid.UUID(hex=generated)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
 
 
 def test_bind_and_unbind_restore_previous():

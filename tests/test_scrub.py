@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import re
+import traceback
+from types import MappingProxyType
+
 import pytest
+from opentelemetry.attributes import BoundedAttributes
 
 from otel_dist.scrub import REDACTED, Scrubber
 
@@ -105,3 +111,67 @@ def test_attributes_returns_none_when_nothing_changes():
     s = Scrubber()
     assert s.attributes({"http.route": "/items"}) is None
     assert s.attributes({"url.query": f"token={CANARY}"}) == {"url.query": f"token={REDACTED}"}
+
+
+def test_attributes_of_spans_and_log_records_are_scrubbed_into_a_plain_copy():
+    # Span and log record attributes are BoundedAttributes; a finished span hands them out in a
+    # MappingProxyType. Both are read without being changed.
+    s = Scrubber()
+    for wrap in (lambda a: a, MappingProxyType):
+        clean = BoundedAttributes(attributes={"http.route": "/items", "n": 1, "ok": True})
+        assert s.attributes(wrap(clean)) is None
+        secret = BoundedAttributes(
+            attributes={"url.query": f"token={CANARY}", "api_key": CANARY, "n": 2, "tags": ("a",)}
+        )
+        scrubbed = s.attributes(wrap(secret))
+        assert type(scrubbed) is dict
+        assert scrubbed == {
+            "url.query": f"token={REDACTED}",
+            "api_key": REDACTED,
+            "n": 2,
+            "tags": ("a",),
+        }
+        assert secret["api_key"] == CANARY
+
+
+# The regexes scrubbing used before pairs were found from their separators: the reference.
+_REFERENCE_PAIR = re.compile(
+    rf"""(?<![\w.-])([\w.-]+)["']?\s*[=:]\s*["']?"""
+    rf"""(?=(?!{re.escape(REDACTED)})([^\s"'&,;}}\]]+))"""
+)
+_REFERENCE_CREDENTIAL = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]{4,}", re.I)
+_FRAGMENTS = (
+    *("token", "password", "Passwd", "auth", "authors", "ssn", "a.ssn", "x_ssn", "api-key"),
+    *("id", "user", "n1", "é", "\u017f", "\u0130", "\u0131", "\u212a", "ß", "Bearer", "basic"),
+    *("BA\u017fIC", "bas\u0131c", "TOKEN", "=", "=", ":", ":", " ", " ", "  ", "\t", "\n"),
+    *('"', "'", "&", ",", ";", "}", "]", "[", REDACTED, "-", ".", "_", "abcd1234", "/x?"),
+)
+
+
+def _reference_text(scrubber: Scrubber, value: str) -> str:
+    if "=" not in value and ":" not in value and " " not in value:
+        return value
+    if " " in value:
+        value = _REFERENCE_CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+    pieces: list[str] = []
+    done = 0
+    for match in _REFERENCE_PAIR.finditer(value):
+        if match.start() < done or not scrubber.is_sensitive_key(match.group(1)):
+            continue
+        pieces += [value[done : match.start(2)], REDACTED]
+        done = match.end(2)
+    return "".join([*pieces, value[done:]]) if pieces else value
+
+
+def test_text_redacts_exactly_what_the_reference_regexes_redact():
+    rng = random.Random(20261122)
+    scrubber = Scrubber(["internal_ref"])
+    samples = [
+        "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 24))) for _ in range(20_000)
+    ]
+    try:
+        raise ValueError('token=abc {"password": "x"} Authorization: Bearer abcdef')
+    except ValueError as exc:
+        samples.append("".join(traceback.format_exception(exc)))
+    for sample in samples:
+        assert scrubber.text(sample) == _reference_text(scrubber, sample), repr(sample)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+from opentelemetry._logs import Logger, NoOpLogger
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.instrumentation.structlog import StructlogProcessor
 from opentelemetry.sdk._logs import LoggerProvider
@@ -80,6 +81,8 @@ _LEVELS = {
     "fatal": logging.CRITICAL,
 }
 _TRACEBACK_FORMATTER = logging.Formatter()
+# Logger names are few in an app; a bound keeps a name-per-request app from growing memory.
+_LOGGER_CACHE_LIMIT = 1024
 
 # Set by the structlog OTLP processor when the event is about to reach a stdlib logger, and
 # consumed by the record factory: that record was already exported and is marked to be skipped.
@@ -150,6 +153,10 @@ def _scrub_event(event_dict: MutableMapping[str, Any], scrubber: Scrubber) -> No
     for key, value in tuple(event_dict.items()):
         if scrubber.is_sensitive_key(key):
             event_dict[key] = REDACTED
+        elif type(value) is str:
+            event_dict[key] = scrubber.text(value)
+        elif value is None or isinstance(value, (int, float)):
+            continue  # the common non-text values, without the costlier ABC checks below
         elif isinstance(value, str):
             event_dict[key] = scrubber.text(value)
         elif isinstance(value, (Mapping, list, tuple)):
@@ -166,10 +173,21 @@ class _ScrubbedStructlogProcessor(StructlogProcessor):
     def __init__(self, logger_provider: LoggerProvider, scrubber: Scrubber) -> None:
         super().__init__(logger_provider=logger_provider)  # type: ignore[no-untyped-call]
         self._scrubber = scrubber
+        self._provider = logger_provider
+        # OTel logger per structlog logger name: the provider's lookup takes a lock every time.
+        self._loggers: dict[str, Logger] = {}
 
     def __call__(self, logger: Any, method_name: str, event_dict: dict[Any, Any]) -> dict[Any, Any]:
         try:
-            super().__call__(logger, method_name, event_dict)
+            # As the contrib processor does, with the OTel logger looked up once per name.
+            name = getattr(logger, "name", StructlogProcessor.__module__)
+            otel_logger = self._loggers.get(name)
+            if otel_logger is None:
+                otel_logger = self._provider.get_logger(name)
+                if len(self._loggers) < _LOGGER_CACHE_LIMIT:
+                    self._loggers[name] = otel_logger
+            if not isinstance(otel_logger, NoOpLogger):
+                otel_logger.emit(self._translate(event_dict, method_name))
             if isinstance(logger, logging.Logger) and logger.isEnabledFor(
                 _LEVELS.get(method_name, logging.NOTSET)
             ):
@@ -206,15 +224,24 @@ class _OtlpLogHandler(LoggingHandler):
 
     def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
         attributes: dict[str, AnyValue]
-        attributes, event_name = super()._get_attributes(record)
+        # The record factory already formatted and scrubbed the traceback: reuse it rather than
+        # formatting and scrubbing it a second time (the costliest part of a 500). Without the
+        # traceback object the contrib handler still sets exception.type and .message.
+        exc_info = record.exc_info
+        stacktrace = record.exc_text if exc_info and record.exc_text else None
+        if stacktrace is not None and exc_info:
+            exc_type, exc_value, _ = exc_info
+            if exc_type is not None and exc_value is not None:
+                record.exc_info = (exc_type, exc_value, None)
+        try:
+            attributes, event_name = super()._get_attributes(record)
+        finally:
+            record.exc_info = exc_info
         for key in _CONTEXT_KEYS.intersection(attributes):
             del attributes[key]
         attributes.pop("_from_structlog", None)
         if attributes.get("request_id") == "":
             del attributes["request_id"]
-        # The record factory already formatted and scrubbed the traceback: reuse it rather than
-        # formatting and scrubbing it a second time (the costliest part of a 500).
-        stacktrace = record.exc_text if record.exc_info and record.exc_text else None
         if stacktrace is not None:
             attributes.pop("exception.stacktrace", None)
         scrubbed = self._scrubber.attributes(attributes) or attributes

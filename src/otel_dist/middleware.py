@@ -1,72 +1,148 @@
-"""The one ASGI middleware otel-dist adds: request id in, request id and trace ids out.
+"""The one ASGI middleware otel-dist adds: request id in; span, metrics, ids and trace headers out.
 
-It sits inside the server span (FastAPI's native span, or the contrib OpenTelemetryMiddleware)
-and outside Starlette's ServerErrorMiddleware, so it sees the span and also the 500 responses
-built for unhandled exceptions.
+It sits outside Starlette's ServerErrorMiddleware, so it also sees the 500 responses built for
+unhandled exceptions. With FastAPI's native telemetry hooks (``server`` given) it is the server
+span's source too, in the same pass (see ``http_server``); with the contrib OpenTelemetryMiddleware
+it sits just inside that middleware and names the span the contrib started.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otel_dist import request_id
+from otel_dist.http_server import HOOK_KEY, ServerRequest, ServerTelemetry, serve_websocket
 
 REQUEST_ID_ATTRIBUTE = "http.request.id"
 # Marks a request we already handle, so a mounted app instrumented too (the zero-code path
 # instruments every FastAPI app) does not generate a second id or add the headers twice.
 _SCOPE_KEY = "otel_dist.request_id"
-_PROPAGATOR = TraceContextTextMapPropagator()
+_EXPOSE = b"access-control-expose-headers"
+_TRACERESPONSE = b"traceresponse"
+_FINAL_BODY = "http.response.body"
 
 
 def traceparent_of(span: trace.Span) -> str | None:
     """W3C ``traceparent`` value naming ``span`` (with its real sampled flag), or None."""
-    if not span.get_span_context().is_valid:
+    context = span.get_span_context()
+    if not context.is_valid:
         return None
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier.get("traceparent")
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 class TelemetryMiddleware:
-    """Accepts or generates the request id and adds the trace headers to every response."""
+    """Accepts or generates the request id and adds the trace headers to every response.
 
-    def __init__(self, app: ASGIApp, *, request_id_header: str, trace_headers: bool) -> None:
+    With ``server`` it also starts and ends the request's SERVER span and records its metrics.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        request_id_header: str,
+        trace_headers: bool,
+        server: ServerTelemetry | None = None,
+    ) -> None:
         self.app = app
-        self._header = request_id_header
         self._header_key = request_id_header.lower().encode("latin-1")
         self._trace_headers = trace_headers
+        self._server = server
         exposed = [request_id_header]
         if trace_headers:
             exposed += ["traceresponse", "Server-Timing"]
-        self._exposed = ", ".join(exposed)
+        self._exposed = ", ".join(exposed).encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one ASGI call; non-HTTP scopes and already-handled requests pass through."""
+        """Handle one ASGI call; other scopes and already-handled requests pass through."""
         if scope["type"] != "http" or _SCOPE_KEY in scope:
-            await self.app(scope, receive, send)
+            server = self._server
+            if server is not None and scope["type"] == "websocket" and HOOK_KEY not in scope:
+                await serve_websocket(server, self.app, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         rid = request_id.accept_or_generate(self._incoming_id(scope))
         token = request_id.bind(rid)
         scope[_SCOPE_KEY] = rid
         scope.setdefault("state", {})["request_id"] = rid
+        try:
+            # HOOK_KEY already set: FastAPI's own wrapper, in an outer app we did not instrument,
+            # traces this request; we only name its span, as with the contrib middleware.
+            if self._server is None or HOOK_KEY in scope:
+                await self._inside_current_span(scope, receive, send, rid)
+            else:
+                await self._with_server_span(self._server, scope, receive, send, rid)
+        finally:
+            request_id.unbind(token)
+
+    async def _inside_current_span(
+        self, scope: Scope, receive: Receive, send: Send, rid: str
+    ) -> None:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute(REQUEST_ID_ATTRIBUTE, rid)
+        traceparent = traceparent_of(span) if self._trace_headers else None
 
         async def send_with_ids(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self._add_headers(message, rid, span)
+                self._add_headers(message, rid, traceparent)
             await send(message)
 
+        await self.app(scope, receive, send_with_ids)
+
+    async def _with_server_span(
+        self, server: ServerTelemetry, scope: Scope, receive: Receive, send: Send, rid: str
+    ) -> None:
+        request = server.start(scope, rid)
+        if request is None:  # excluded: no span, no metrics, still the request id
+            try:
+                await self._inside_current_span(scope, receive, send, rid)
+            finally:
+                scope.pop(HOOK_KEY, None)
+            return
+        traceparent = request.traceparent() if self._trace_headers else None
+        # The request ends with the last message of its response (FastAPI's rule), not when the
+        # app returns: background tasks run after that and are not part of it.
+        trailers = False
+        disconnected = False
+
+        async def send_with_telemetry(message: Message) -> None:
+            nonlocal trailers
+            kind = message["type"]
+            if kind == "http.response.start":
+                request.status = message["status"]
+                trailers = message.get("trailers", False)
+                self._add_headers(message, rid, traceparent)
+                await send(message)
+                return
+            await send(message)
+            if _is_last(kind, message, trailers):
+                request.finish(None)
+
+        async def receive_watching() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
+        token = None if request.context is None else otel_context.attach(request.context)
         try:
-            await self.app(scope, receive, send_with_ids)
+            await self.app(scope, receive_watching, send_with_telemetry)
+        except BaseException as exc:
+            request.finish(exc)
+            raise
         finally:
-            request_id.unbind(token)
+            if not request.finished:
+                _finish_incomplete(request, disconnected)
+            if token is not None:
+                otel_context.detach(token)
+            scope.pop(HOOK_KEY, None)
 
     def _incoming_id(self, scope: Scope) -> bytes | None:
         for key, value in scope["headers"]:
@@ -74,32 +150,54 @@ class TelemetryMiddleware:
                 return bytes(value)
         return None
 
-    def _add_headers(self, message: Message, rid: str, span: trace.Span) -> None:
+    def _add_headers(self, message: Message, rid: str, traceparent: str | None) -> None:
+        """Set the request id (and trace) headers, merge the expose list, in one pass.
+
+        Set, not append: an app that echoed the id itself must not end up with two. Names are
+        compared as sent, lower case, as Starlette's ``MutableHeaders`` does.
+        """
+        replaced = (self._header_key, _TRACERESPONSE) if traceparent else (self._header_key,)
+        headers: list[Any] = []
+        exposed: list[bytes] = []
         # ASGI makes "headers" optional: a mounted raw ASGI app may send a start without it.
-        message.setdefault("headers", [])
-        headers = MutableHeaders(scope=message)
-        # Set, not append: an app that echoed the id itself must not end up with two.
-        headers[self._header] = rid
-        if self._trace_headers:
-            traceparent = traceparent_of(span)
-            if traceparent is not None:
-                headers["traceresponse"] = traceparent
-                headers.append("Server-Timing", f'traceparent;desc="{traceparent}"')
-        _expose(headers, self._exposed)
+        for header in message.get("headers") or ():
+            name = header[0]
+            if name == _EXPOSE:
+                exposed.append(header[1])  # every line the app sent: ours replaces them all
+            elif name not in replaced:
+                headers.append(header)
+        headers.append((self._header_key, rid.encode("latin-1")))
+        if traceparent is not None:
+            value = traceparent.encode("latin-1")
+            headers.append((_TRACERESPONSE, value))
+            headers.append((b"server-timing", b'traceparent;desc="' + value + b'"'))
+        exposed.append(self._exposed)
+        headers.append((_EXPOSE, b", ".join(exposed)))
+        message["headers"] = headers
 
 
-def _expose(headers: MutableHeaders, names: str) -> None:
-    # Every line the app sent: setting the header below replaces all of them.
-    current = ", ".join(headers.getlist("access-control-expose-headers"))
-    headers["access-control-expose-headers"] = f"{current}, {names}" if current else names
+def _is_last(kind: str, message: Message, trailers: bool) -> bool:
+    if kind == _FINAL_BODY:
+        return not trailers and not message.get("more_body", False)
+    if kind == "http.response.trailers":
+        return not message.get("more_trailers", False)
+    return kind == "http.response.pathsend"
+
+
+def _finish_incomplete(request: ServerRequest, disconnected: bool) -> None:
+    request.finish(
+        ConnectionError("Client disconnected")
+        if disconnected
+        else RuntimeError("Incomplete ASGI response")
+    )
 
 
 def insert_inside_server_span(stack: Any, make: Any) -> Any:
     """Place ``make(inner)`` just inside the contrib OpenTelemetryMiddleware, else outermost.
 
-    With FastAPI's native telemetry the server span wraps the whole Starlette stack, so the
-    outermost position is inside the span; with the contrib middleware, the span starts at
-    that middleware, so we go right inside it.
+    With FastAPI's native telemetry hooks our middleware starts the span itself, outermost in
+    the Starlette stack; with the contrib middleware, the span starts at that middleware, so we
+    go right inside it.
     """
     node = stack
     seen: set[int] = set()

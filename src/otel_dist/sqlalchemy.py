@@ -24,9 +24,9 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -55,6 +55,11 @@ _POOL_NAME = "db.client.connection.pool.name"
 # Where a statement's in-flight span lives: on SQLAlchemy's per-execution context object, so it
 # dies with the execution even if no closing event ever fires.
 _EXECUTION_ATTR = "_otel_dist_execution"
+# Checkouts waiting for a connection, kept on the pool object (it dies with the pool).
+_PENDING_ATTR = "_otel_dist_pending"
+# Statements whose span name and attributes are kept per engine (SQLAlchemy reuses compiled
+# statements, so an app has few); more than that are described anew each time.
+_PREPARED_LIMIT = 512
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -189,7 +194,7 @@ class SqlAlchemyInstrumentation:
         context: ExecutionContext | None,
         _executemany: bool,
     ) -> tuple[str, Any]:
-        with _never_raise("before_cursor_execute"):
+        with _GUARD_BEFORE:
             statement = self._start(conn.engine, statement, context)
         return statement, parameters
 
@@ -202,7 +207,7 @@ class SqlAlchemyInstrumentation:
         context: ExecutionContext | None,
         _executemany: bool,
     ) -> None:
-        with _never_raise("after_cursor_execute"):
+        with _GUARD_AFTER:
             self._finish(context)
 
     def _handle_error(self, exception_context: ExceptionContext) -> None:
@@ -211,22 +216,19 @@ class SqlAlchemyInstrumentation:
 
     def _engine_connect(self, conn: Connection) -> None:
         # Registers engines on their first checkout, before any statement could time out.
-        with _never_raise("engine_connect"):
+        with _GUARD_CONNECT:
             _pools.register(conn.engine)
 
     def _start(self, engine: Engine, statement: str, context: ExecutionContext | None) -> str:
         """Start the statement's span; return the statement to run (commented with sqlcommenter)."""
         if context is None:  # a raw cursor call outside any execution: nowhere to keep a span
             return statement
-        info = _pools.register(engine)
-        parsed = _describe_statement(statement)
-        metric_attributes = {**info.metric_attributes, **parsed.attributes}
+        prepared = _pools.register(engine).prepared(statement)
         span = self._tracer.start_span(
-            parsed.span_name or info.system,
-            kind=SpanKind.CLIENT,
-            attributes={**info.span_attributes, **parsed.attributes, "db.query.text": statement},
+            prepared.span_name, kind=SpanKind.CLIENT, attributes=prepared.span_attributes
         )
-        setattr(context, _EXECUTION_ATTR, _Execution(span, metric_attributes, time.perf_counter()))
+        execution = _Execution(span, prepared.metric_attributes, time.perf_counter())
+        setattr(context, _EXECUTION_ATTR, execution)
         if self._sqlcommenter:
             return _with_traceparent_comment(statement, span)
         return statement
@@ -268,7 +270,7 @@ class SqlAlchemyInstrumentation:
 
         @functools.wraps(connect)
         def counting_connect(pool: Pool) -> PoolProxiedConnection:
-            with _never_raise("pool connect"):
+            with _GUARD_CHECKOUT:
                 _pools.add_pending(pool, 1)
             try:
                 return connect(pool)
@@ -277,7 +279,7 @@ class SqlAlchemyInstrumentation:
                     self._count_timeout(pool)
                 raise
             finally:
-                with _never_raise("pool connect"):
+                with _GUARD_CHECKOUT:
                     _pools.add_pending(pool, -1)
 
         return counting_connect
@@ -317,6 +319,15 @@ class SqlAlchemyInstrumentation:
 
 
 @dataclass(frozen=True)
+class _Prepared:
+    """A statement's span name and attributes, shared by its executions (never mutated)."""
+
+    span_name: str
+    span_attributes: dict[str, AttributeValue]
+    metric_attributes: dict[str, AttributeValue]
+
+
+@dataclass(frozen=True)
 class _EngineInfo:
     """What every statement of one engine shares, computed once per engine."""
 
@@ -324,6 +335,21 @@ class _EngineInfo:
     system: str
     metric_attributes: dict[str, AttributeValue]
     span_attributes: dict[str, AttributeValue]
+    _statements: dict[str, _Prepared] = field(default_factory=dict, compare=False, repr=False)
+
+    def prepared(self, statement: str) -> _Prepared:
+        """Span name and attributes of ``statement`` on this engine, described once."""
+        prepared = self._statements.get(statement)
+        if prepared is None:
+            parsed = _describe_statement(statement)
+            prepared = _Prepared(
+                parsed.span_name or self.system,
+                {**self.span_attributes, **parsed.attributes, "db.query.text": statement},
+                {**self.metric_attributes, **parsed.attributes},
+            )
+            if len(self._statements) < _PREPARED_LIMIT:
+                self._statements[statement] = prepared
+        return prepared
 
     @classmethod
     def of(cls, engine: Engine) -> _EngineInfo:
@@ -360,7 +386,6 @@ class _Pools:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._engines: weakref.WeakKeyDictionary[Engine, _EngineInfo] = weakref.WeakKeyDictionary()
-        self._pending: weakref.WeakKeyDictionary[Pool, int] = weakref.WeakKeyDictionary()
 
     def register(self, engine: Engine) -> _EngineInfo:
         """Return the engine's cached attributes, registering it on first sight."""
@@ -392,12 +417,15 @@ class _Pools:
         return next((name for name, current in self.current() if current is pool), None)
 
     def add_pending(self, pool: Pool, delta: int) -> None:
+        # Kept on the pool itself: one dict lookup per checkout instead of two weak-key lookups.
+        counts = vars(pool)
         with self._lock:
-            self._pending[pool] = self._pending.get(pool, 0) + delta
+            counts[_PENDING_ATTR] = counts.get(_PENDING_ATTR, 0) + delta
 
     def pending(self, pool: Pool) -> int:
         with self._lock:
-            return self._pending.get(pool, 0)
+            count: int = vars(pool).get(_PENDING_ATTR, 0)
+            return count
 
 
 _pools = _Pools()
@@ -474,19 +502,46 @@ def _qualified_name(cls: type) -> str:
 _reported: set[str] = set()
 
 
-@contextmanager
-def _never_raise(where: str) -> Iterator[None]:
-    """Swallow an instrumentation failure: logged in full once per place, then at debug level."""
-    try:
-        yield
-    except Exception:
+class _NeverRaise:
+    """Swallow an instrumentation failure: logged in full once per place, then at debug level.
+
+    A class rather than a ``@contextmanager``: it guards every statement and checkout, where a
+    generator-based context manager cost more than the work it guards.
+    """
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc_type is None or not issubclass(exc_type, Exception):
+            return False
+        where = self.where
         if where in _reported:
-            _logger.debug(
-                "otel_dist: SQLAlchemy instrumentation failed in %s", where, exc_info=True
-            )
+            _logger.debug("otel_dist: SQLAlchemy instrumentation failed in %s", where, exc_info=exc)
         else:
             _reported.add(where)
-            _logger.exception(
+            _logger.error(
                 "otel_dist: SQLAlchemy instrumentation failed in %s; the application is unaffected",
                 where,
+                exc_info=exc,
             )
+        return True
+
+
+_never_raise = _NeverRaise
+
+
+_GUARD_BEFORE = _NeverRaise("before_cursor_execute")
+_GUARD_AFTER = _NeverRaise("after_cursor_execute")
+_GUARD_CONNECT = _NeverRaise("engine_connect")
+_GUARD_CHECKOUT = _NeverRaise("pool connect")
