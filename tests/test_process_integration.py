@@ -210,6 +210,26 @@ def test_configure_twice_warns_and_changes_nothing():
     assert "configure() was already called; this call changes nothing" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "first_import",
+    ["httpx", "opentelemetry.instrumentation.httpx"],  # the contrib module imports httpx itself
+)
+def test_httpx_is_imported_and_instrumented_only_when_the_app_imports_it(first_import: str):
+    code = (
+        "import importlib, sys\n"
+        "from otel_dist import configure\n"
+        "telemetry = configure()\n"
+        "print('httpx' in sys.modules, 'httpx' in telemetry.instrumented)\n"
+        f"importlib.import_module({first_import!r})\n"
+        "from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor\n"
+        "print(HTTPXClientInstrumentor().is_instrumented_by_opentelemetry)\n"
+    )
+    done = _python(code, OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="none")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True"]
+    assert "could not be instrumented" not in done.stderr
+
+
 def test_unsampled_requests_still_carry_ids_in_headers_and_logs(
     otlp_sink: OtlpSink, server_factory: Factory
 ):

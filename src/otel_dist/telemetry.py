@@ -7,13 +7,16 @@ small function below; ``_setup`` reads as the list of them.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import wrapt
 from opentelemetry import _logs, metrics, propagate, trace
 from opentelemetry.propagators.composite import CompositePropagator
 
@@ -47,6 +50,7 @@ class Telemetry:
     _logs: log_correlation.LogCorrelation | None = None
     _exit_hooks: ExitHooks | None = None
     _extra_uninstrument: list[Any] = field(default_factory=list)
+    _shut_down: bool = False
 
     def instrument_app(self, app: Any) -> None:
         """Instrument a FastAPI app created after ``configure()`` when the hook could not."""
@@ -66,6 +70,7 @@ class Telemetry:
     def shutdown(self) -> None:
         """Flush within the bound, stop exporting and remove every hook otel-dist installed."""
         global _active  # noqa: PLW0603
+        self._shut_down = True
         if self._exit_hooks is not None:
             self._exit_hooks.uninstall()
         run_bounded(self._shutdown_providers, self.settings.shutdown_timeout_s, "shutdown")
@@ -288,20 +293,42 @@ def _instrument_httpx(telemetry: Telemetry) -> None:
     if not telemetry.settings.instrumentation_enabled("httpx"):
         telemetry.skipped["httpx"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
         return
-    try:
-        import httpx  # noqa: F401, PLC0415
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
-    except ImportError:
+    if importlib.util.find_spec("httpx") is None:
         telemetry.skipped["httpx"] = "httpx is not installed"
         return
-    instrumentor = HTTPXClientInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(
-            tracer_provider=telemetry.providers.tracer_provider,
-            meter_provider=telemetry.providers.meter_provider,
-        )
-        telemetry._extra_uninstrument.append(instrumentor.uninstrument)
+
+    # httpx and its instrumentation cost about 5 MB and 80 ms to import: paid only by processes
+    # that import httpx (the app, now or later, or the launcher's httpx2 instrumentor). The
+    # contrib module imports httpx itself, so an import of it fires the httpx hook while it is
+    # still executing: the httpx hook leaves that case to the hook on the module.
+    def when_httpx_imported(_module: Any) -> None:
+        if _HTTPX_INSTRUMENTATION not in sys.modules:
+            _instrument_imported_httpx(telemetry)
+
+    wrapt.when_imported(_HTTPX_INSTRUMENTATION)(lambda _m: _instrument_imported_httpx(telemetry))
+    wrapt.when_imported("httpx")(when_httpx_imported)
     telemetry.instrumented.append("httpx")
+
+
+_HTTPX_INSTRUMENTATION = "opentelemetry.instrumentation.httpx"
+
+
+def _instrument_imported_httpx(telemetry: Telemetry) -> None:
+    # Runs inside the app's import statement: it must never make that import fail.
+    if telemetry._shut_down:
+        return  # shut down before the app imported httpx
+    try:
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
+
+        instrumentor = HTTPXClientInstrumentor()
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument(
+                tracer_provider=telemetry.providers.tracer_provider,
+                meter_provider=telemetry.providers.meter_provider,
+            )
+            telemetry._extra_uninstrument.append(instrumentor.uninstrument)
+    except Exception:
+        _log.exception("otel-dist: httpx could not be instrumented; its calls are not traced")
 
 
 _RUNTIME_METRICS: dict[str, list[str] | None] = {
