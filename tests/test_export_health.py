@@ -82,6 +82,21 @@ def test_recovery_is_reported_once_with_what_the_outage_cost():
     assert "dropped so far: 7 spans" in lines[2]
 
 
+def test_a_batch_retrying_since_the_outage_that_fails_after_recovery_says_nothing():
+    health, clock, lines = _health()
+    started = health.started()
+    health.exported("traces", 5, ok=False, started=started)  # the outage begins
+    retrying_since = health.started()
+    clock.now += 20
+    health.exported("logs", 3, ok=True, started=health.started())  # the collector is back
+    health.exported("traces", 512, ok=False, started=retrying_since)  # gave up just after
+    assert [line.split(" ", 4)[3].rstrip(";") for line in lines] == ["failing", "recovered"]
+    assert health.dropped["traces"] == 517  # counted all the same
+    clock.now += 1
+    health.exported("traces", 2, ok=False, started=health.started())  # a new outage is said
+    assert len(lines) == 3
+
+
 def test_sdk_per_batch_messages_are_folded_and_others_pass():
     health, _, _ = _health()
     remove = fold_sdk_export_messages(health)
@@ -90,12 +105,16 @@ def test_sdk_per_batch_messages_are_folded_and_others_pass():
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
     logger.addHandler(handler)
+    queue_logger = logging.getLogger("opentelemetry.sdk._shared_internal")
+    # "Queue full" is logged per dropped item on the request path: not even a record is built.
+    assert not queue_logger.isEnabledFor(logging.WARNING)
     try:
         logger.warning("Transient error %s encountered while exporting span batch", "refused")
         logger.error("Failed to export span batch code: %s, reason: %s", 503, "unavailable")
         logger.error("Failed to encode span batch: boom")
     finally:
         remove()
+    assert queue_logger.isEnabledFor(logging.WARNING)
     logger.warning("Transient error after removal")
     logger.removeHandler(handler)
     assert seen == ["Failed to encode span batch: boom", "Transient error after removal"]

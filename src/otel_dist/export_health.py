@@ -43,6 +43,8 @@ SDK_EXPORT_LOGGERS = (
     "opentelemetry.sdk._shared_internal",
     "opentelemetry.sdk.metrics._internal.export",
 )
+# The batch processors' logger: its only warning is "Queue full", once per dropped item.
+_QUEUE_LOGGER = "opentelemetry.sdk._shared_internal"
 # Prefixes of the SDK messages that describe one failed attempt or batch (not a misconfiguration).
 _PER_BATCH_MESSAGES = (
     "Transient error",
@@ -72,15 +74,30 @@ class ExportHealth:
         self._outage_dropped: dict[Signal, int] = dict(self.dropped)
         self._failing_since: float | None = None
         self._last_report: float | None = None
+        self._recovered_at: float | None = None
         self.last_reason = ""
 
-    def exported(self, signal: Signal, items: int, ok: bool) -> None:
-        """Record one export call's outcome (called on the export threads)."""
+    def started(self) -> float:
+        """The time an export call starts, to pass back to ``exported``."""
+        return self._clock()
+
+    def exported(self, signal: Signal, items: int, ok: bool, started: float | None = None) -> None:
+        """Record one export call's outcome (called on the export threads).
+
+        A call that began before the last recovery, retrying all along, and failed after it
+        belongs to the outage already reported: its items are counted, nothing is said.
+        """
         with self._lock:
             if ok:
                 self._record_success()
+            elif self._began_before_recovery(started):
+                self.dropped[signal] += items
             else:
                 self._record_loss(signal, items)
+
+    def _began_before_recovery(self, started: float | None) -> bool:
+        recovered = self._recovered_at
+        return started is not None and recovered is not None and started < recovered
 
     def queue_dropped(self, signal: Signal, items: int) -> None:
         """Record items a full batch queue turned away (they never reached an exporter)."""
@@ -116,6 +133,7 @@ class ExportHealth:
         )
         self._failing_since = None
         self._last_report = None
+        self._recovered_at = self._clock()
         self._outage_dropped = {"traces": 0, "logs": 0, "metrics": 0}
         self.last_reason = ""
 
@@ -141,15 +159,25 @@ class FoldSdkExportMessages(logging.Filter):
 
 
 def fold_sdk_export_messages(health: ExportHealth) -> Callable[[], None]:
-    """Install the filter on the SDK's export loggers; returns the function that removes it."""
+    """Install the filter on the SDK's export loggers; returns the function that removes it.
+
+    The batch processor's "Queue full" warning is logged for every span or log record dropped,
+    on the request path, when the collector has been down long enough. Its logger is raised to
+    ERROR so those calls return before building a record; ``count_queue_drops`` counts them.
+    """
     folding = FoldSdkExportMessages(health)
     loggers = [logging.getLogger(name) for name in SDK_EXPORT_LOGGERS]
     for logger in loggers:
         logger.addFilter(folding)
+    queue_logger = logging.getLogger(_QUEUE_LOGGER)
+    queue_level = queue_logger.level
+    if queue_level == logging.NOTSET:
+        queue_logger.setLevel(logging.ERROR)
 
     def remove() -> None:
         for logger in loggers:
             logger.removeFilter(folding)
+        queue_logger.setLevel(queue_level)
 
     return remove
 
@@ -163,8 +191,10 @@ class ReportingSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export through the inner exporter and record the outcome."""
+        started = self._health.started()
         result = self._inner.export(spans)
-        self._health.exported("traces", len(spans), result is SpanExportResult.SUCCESS)
+        ok = result is SpanExportResult.SUCCESS
+        self._health.exported("traces", len(spans), ok, started)
         return result
 
     def shutdown(self) -> None:
@@ -185,8 +215,10 @@ class ReportingLogExporter(LogRecordExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Export through the inner exporter and record the outcome."""
+        started = self._health.started()
         result = self._inner.export(batch)
-        self._health.exported("logs", len(batch), result is LogRecordExportResult.SUCCESS)
+        ok = result is LogRecordExportResult.SUCCESS
+        self._health.exported("logs", len(batch), ok, started)
         return result
 
     def shutdown(self) -> None:
@@ -214,8 +246,9 @@ class ReportingMetricExporter(MetricExporter):
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         """Export through the inner exporter and record the outcome (one item per export)."""
+        started = self._health.started()
         result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        self._health.exported("metrics", 1, result is MetricExportResult.SUCCESS)
+        self._health.exported("metrics", 1, result is MetricExportResult.SUCCESS, started)
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
