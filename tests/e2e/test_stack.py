@@ -20,13 +20,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from support.servers import REPO_ROOT, ServerProcess, free_port, start_server, venv_bin
+from support.servers import REPO_ROOT, ServerProcess
 from support.stack import (
     Backends,
     JaegerSearch,
@@ -34,6 +33,7 @@ from support.stack import (
     hex_id,
     load_stack_module,
     require_toolchain,
+    start_shop,
 )
 
 pytestmark = pytest.mark.e2e
@@ -78,25 +78,12 @@ class Run:
     oks: list[httpx.Response] = field(default_factory=list)
 
 
-def _start_shop(name: str, argv: list[str], stack: Any, workdir: Path, **env: str) -> ServerProcess:
-    port = free_port()
-    return start_server(
-        [*argv, "--host", "127.0.0.1", "--port", str(port)],
-        env={
-            "PYTHONPATH": str(REPO_ROOT),
-            "OTEL_SERVICE_NAME": name,
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=e2e",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": stack.otlp_http_endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "OTEL_BLRP_SCHEDULE_DELAY": "200",
-            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
-            "DATABASE_URL": f"sqlite:///{workdir / (name + '.db')}",
-            **env,
-        },
-        port=port,
-        cwd=REPO_ROOT,
-        output_dir=workdir,
-    )
+# Faster than start_shop's defaults: the e2e waits for each export.
+FAST_EXPORT = {
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
+    "OTEL_BLRP_SCHEDULE_DELAY": "200",
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+}
 
 
 def _traffic(run: Run) -> None:
@@ -127,24 +114,23 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         collector_env={"TAIL_SAMPLING_DECISION_WAIT": "2s"},
     )
     with stack:
-        shop_zero = _start_shop(
-            "shop-zero",
-            [
-                venv_bin("opentelemetry-instrument"),
-                venv_bin("uvicorn"),
-                "examples.shop.service:app",
-            ],
+        shop_zero = start_shop(
             stack,
             workdir,
+            "shop-zero",
+            command=("opentelemetry-instrument", "uvicorn", "examples.shop.service:app"),
+            environment="e2e",
+            **FAST_EXPORT,
         )
         shop = None
         try:
-            shop = _start_shop(
-                "shop",
-                [venv_bin("uvicorn"), "examples.shop.main:app"],
+            shop = start_shop(
                 stack,
                 workdir,
+                "shop",
+                environment="e2e",
                 UPSTREAM_URL=f"{shop_zero.base_url}/items",
+                **FAST_EXPORT,
             )
             backends = Backends(
                 stack.prometheus_url, stack.traces_url, stack.loki_url, stack.trace_backend

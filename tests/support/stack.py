@@ -254,19 +254,32 @@ def hex_id(value: str) -> str:
 
 
 # --- for the fault suite: processes of a running stack, the shop on it, counting what arrived --
-def start_shop(stack: Any, workdir: Path, service: str, **env: str) -> ServerProcess:
-    """The example shop (``configure()``, examples/shop/main.py) exporting to ``stack``.
+SHOP_CONFIGURE = ("uvicorn", "examples.shop.main:app")  # configure() in examples/shop/main.py
+
+
+def start_shop(
+    stack: Any,
+    workdir: Path,
+    service: str,
+    *,
+    command: tuple[str, ...] = SHOP_CONFIGURE,
+    environment: str = "faults",
+    **env: str,
+) -> ServerProcess:
+    """The example shop exporting to ``stack``: ``command`` (venv scripts, then the app).
 
     stdout and stderr go to ``ServerProcess.output()``. Batches leave every second and metrics
-    every two, so a test sees its telemetry in seconds rather than the defaults' 5 s / 60 s.
+    every two, so a test sees its telemetry in seconds rather than the defaults' 5 s / 60 s;
+    ``env`` overrides those and adds the shop's own variables.
     """
     port = free_port()
+    *scripts, app = command
     return start_server(
-        [venv_bin("uvicorn"), "examples.shop.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        [*map(venv_bin, scripts), app, "--host", "127.0.0.1", "--port", str(port)],
         env={
             "PYTHONPATH": str(REPO_ROOT),
             "OTEL_SERVICE_NAME": service,
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=faults",
+            "OTEL_RESOURCE_ATTRIBUTES": f"deployment.environment.name={environment}",
             "OTEL_EXPORTER_OTLP_ENDPOINT": stack.otlp_http_endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "1000",
             "OTEL_BLRP_SCHEDULE_DELAY": "1000",
