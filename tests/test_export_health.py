@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import httpx
 import pytest
+from opentelemetry._logs import LogRecord
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
@@ -18,6 +21,9 @@ from otel_dist.export_health import (
     count_queue_drops,
     fold_sdk_export_messages,
 )
+from otel_dist.scrub import Scrubber
+from otel_dist.sdk import build_providers
+from otel_dist.settings import load_settings
 from otel_dist.sink import OtlpSink
 from support.servers import PID_APP, REPO_ROOT, ServerProcess, free_port, pid_app_env, venv_bin
 
@@ -82,13 +88,30 @@ def test_recovery_is_reported_once_with_what_the_outage_cost():
     assert "dropped so far: 7 spans" in lines[2]
 
 
+def test_recovery_waits_for_every_signal_that_lost_something():
+    # After an outage the span exporter may still be in its retry backoff, its queue full and
+    # dropping, when the log and metric exports already succeed: one incident, one pair of lines.
+    health, clock, lines = _health()
+    health.exported("traces", 512, ok=False)
+    health.exported("logs", 512, ok=False)
+    clock.now += 30
+    health.exported("metrics", 1, ok=True)  # never failed: changes nothing
+    health.exported("logs", 512, ok=True)
+    health.queue_dropped("traces", 16)  # the span queue is still full
+    health.exported("traces", 512, ok=True)
+    assert [line.split(" ", 4)[3].rstrip(";") for line in lines] == ["failing", "recovered"]
+    assert lines[1] == (
+        "otel-dist: telemetry export recovered after 30.0 s; dropped during the failures: "
+        "528 spans, 512 log records, 0 metric exports."
+    )
+
+
 def test_a_batch_retrying_since_the_outage_that_fails_after_recovery_says_nothing():
     health, clock, lines = _health()
-    started = health.started()
-    health.exported("traces", 5, ok=False, started=started)  # the outage begins
-    retrying_since = health.started()
+    health.exported("traces", 5, ok=False, started=health.started())  # the outage begins
+    retrying_since = health.started()  # a force_flush, retrying on another thread
     clock.now += 20
-    health.exported("logs", 3, ok=True, started=health.started())  # the collector is back
+    health.exported("traces", 3, ok=True, started=health.started())  # the collector is back
     health.exported("traces", 512, ok=False, started=retrying_since)  # gave up just after
     assert [line.split(" ", 4)[3].rstrip(";") for line in lines] == ["failing", "recovered"]
     assert health.dropped["traces"] == 517  # counted all the same
@@ -119,6 +142,44 @@ def test_sdk_per_batch_messages_are_folded_and_others_pass():
     logger.removeHandler(handler)
     assert seen == ["Failed to encode span batch: boom", "Transient error after removal"]
     assert health.last_reason == "Failed to export span batch code: 503, reason: unavailable"
+
+
+def test_failed_exports_leave_no_span_or_log_record_for_a_full_collection():
+    # A failed OTLP export keeps its exception, whose traceback holds the frames of the call and
+    # so the batch: unless released, every batch that failed in an outage stays in memory until
+    # a full collection, which then pauses the app twice as long.
+    settings = load_settings(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nothing there
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            "OTEL_METRICS_EXPORTER": "none",
+        }
+    )
+    providers, _ = build_providers(settings, Scrubber(), strict=True)
+    assert providers.tracer_provider is not None
+    assert providers.logger_provider is not None
+    tracer = providers.tracer_provider.get_tracer("test")
+    logger = providers.logger_provider.get_logger("test")
+    gc.collect()
+    gc.disable()  # as if the cycles had reached the oldest generation
+    try:
+        for number in range(50):
+            with tracer.start_as_current_span(f"span {number}"):
+                logger.emit(LogRecord(body=f"line {number}"))
+        providers.tracer_provider.force_flush()  # fails, after the exporter's retries
+        providers.logger_provider.force_flush()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        garbage = Counter(type(item).__name__ for item in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        providers.tracer_provider.shutdown()
+        providers.logger_provider.shutdown()
+    assert garbage["traceback"] > 0, "the exports did not fail and leave their cycles"
+    assert garbage["ReadableSpan"] == 0
+    assert garbage["ReadableLogRecord"] == 0
 
 
 class _StuckExporter(SpanExporter):

