@@ -8,7 +8,13 @@ count (their text becomes the reported reason), and ``otel_dist.internal`` says 
 
 - ``otel-dist: telemetry export failing ...`` at the first failure, then at most once per
   ``OTEL_DIST_EXPORT_REPORT_INTERVAL`` seconds while failures go on, with the totals so far;
-- ``otel-dist: telemetry export recovered ...`` once, at the first success after failures.
+- ``otel-dist: telemetry export recovered ...`` once, when every signal that lost something
+  has exported successfully again.
+
+Recovery waits for every such signal because, after an outage, one signal's exporter may still
+be waiting out its retry backoff while its queue is full and drops, when another's succeeds: a
+recovery at that first success would be followed by a new "failing" line, and so on for every
+signal, a pair of lines per catch-up instead of one incident.
 
 The same losses are counted as metrics by the SDK itself (its ``otel.sdk.exporter.*.exported``
 and ``otel.sdk.processor.*.processed`` instruments, with ``error.type``), which ``sdk.py``
@@ -73,6 +79,7 @@ class ExportHealth:
         self.dropped: dict[Signal, int] = {"traces": 0, "logs": 0, "metrics": 0}
         self._outage_dropped: dict[Signal, int] = dict(self.dropped)
         self._failing_since: float | None = None
+        self._failing: set[Signal] = set()  # signals that lost something and have not succeeded
         self._last_report: float | None = None
         self._recovered_at: float | None = None
         self.last_reason = ""
@@ -89,7 +96,7 @@ class ExportHealth:
         """
         with self._lock:
             if ok:
-                self._record_success()
+                self._record_success(signal)
             elif self._began_before_recovery(started):
                 self.dropped[signal] += items
             else:
@@ -111,6 +118,7 @@ class ExportHealth:
     def _record_loss(self, signal: Signal, items: int) -> None:
         self.dropped[signal] += items
         self._outage_dropped[signal] += items
+        self._failing.add(signal)
         now = self._clock()
         if self._failing_since is None:
             self._failing_since = now
@@ -123,8 +131,9 @@ class ExportHealth:
                 "the app keeps serving."
             )
 
-    def _record_success(self) -> None:
-        if self._failing_since is None:
+    def _record_success(self, signal: Signal) -> None:
+        self._failing.discard(signal)
+        if self._failing_since is None or self._failing:
             return
         lasted = self._clock() - self._failing_since
         self._report(
