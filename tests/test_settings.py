@@ -303,7 +303,7 @@ def test_batch_settings_as_keywords():
         {"bsp_max_queue_size": 50, "blrp_schedule_delay_ms": 250},
     )
     assert s.bsp.max_queue_size == 50
-    assert s.bsp.max_export_batch_size == 50  # the default (512) follows a smaller queue
+    assert s.bsp.max_export_batch_size == 50  # the default (128) follows a smaller queue
     assert s.blrp.schedule_delay_ms == 250
 
 
