@@ -24,6 +24,8 @@ from types import TracebackType
 
 import httpx
 
+from support.cpus import pin_this_thread
+
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 REQUEST_ID_HEADER = "X-Request-ID"
 
@@ -71,7 +73,7 @@ class Load:
 
     Use as a context manager or call ``start``/``stop``. ``workers`` threads send the requests;
     they are the most requests in flight at once. ``timeout_s`` bounds each request (a timeout
-    is recorded as a failure, not retried).
+    is recorded as a failure, not retried). ``cpus``, when given, is where the load's threads run.
     """
 
     base_url: str
@@ -79,6 +81,7 @@ class Load:
     send: Send
     workers: int = 32
     timeout_s: float = 10.0
+    cpus: frozenset[int] | None = None
     _samples: list[Sample] = field(default_factory=list, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
@@ -94,7 +97,9 @@ class Load:
         # would show up as latency of the first requests.
         limits = httpx.Limits(max_connections=self.workers, max_keepalive_connections=self.workers)
         self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout_s, limits=limits)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="load")
+        self._pool = ThreadPoolExecutor(
+            self.workers, thread_name_prefix="load", initializer=self._pin
+        )
         self._dispatcher = threading.Thread(target=self._dispatch, name="load-dispatch")
         self._dispatcher.start()
         return self
@@ -128,8 +133,13 @@ class Load:
         with self._lock:
             return sorted(self._samples, key=lambda s: s.number)
 
+    def _pin(self) -> None:
+        if self.cpus is not None:
+            pin_this_thread(self.cpus)
+
     def _dispatch(self) -> None:
         assert self._pool is not None
+        self._pin()
         started = time.monotonic()
         interval = 1.0 / self.rps
         n = 0

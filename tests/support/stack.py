@@ -293,10 +293,15 @@ def start_shop(
     )
 
 
-def stack_pid(stack: Any, name: str) -> int:
-    """The pid of one of the stack's processes, from the state.json ``LocalStack`` writes."""
+def stack_pids(stack: Any) -> dict[str, int]:
+    """The pid of each of the stack's processes, from the state.json ``LocalStack`` writes."""
     state = json.loads((Path(stack.data_dir) / "state.json").read_text())
-    return int(state["processes"][name]["pid"])
+    return {name: int(process["pid"]) for name, process in state["processes"].items()}
+
+
+def stack_pid(stack: Any, name: str) -> int:
+    """The pid of one of the stack's processes."""
+    return stack_pids(stack)[name]
 
 
 def stop_stack_process(stack: Any, name: str, sig: int = signal.SIGTERM) -> float:
