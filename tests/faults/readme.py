@@ -32,7 +32,8 @@ def render(records: list[dict[str, Any]]) -> str:
     latest = {(r["test"], r["check"]): r for r in records if "figures" in r}
     lines = list(latest.values())  # in the order first run; a dict keeps the first position
     scales = sorted({line["scale"] for line in lines})
-    first, last = lines[0]["at"], lines[-1]["at"]
+    # A check run again later (pytest -k after a fix) is shown with its own, later time.
+    first, last = min(line["at"] for line in lines), max(line["at"] for line in lines)
     rows = [
         f"Measured {first} to {last} by `make faults` (scale: {', '.join(scales)}).",
         "",

@@ -11,7 +11,8 @@ support/load.py, and breaks one part while the load runs:
   bounded), must count and say once per outage what it dropped, and must export again when the
   collector is back, without a restart. The shop runs on a CPU of its own (``app_cpu``) and
   p99 is pooled over the cycles: one 60 s window's p99 on a shared 2-core machine moves by
-  ±15 % between windows where nothing changes, more than the bound;
+  ±15 % between windows where nothing changes, more than the bound. A cycle in which the
+  hypervisor took more than 2 % of the app's CPU (steal) is not compared, and another runs;
 - the collector SIGKILLed and restarted at once: every span it had accepted is delivered from
   its disk queue, and the SDK's retry (up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) delivers the
   spans produced while it was gone;
@@ -66,6 +67,13 @@ CATCH_UP_S = 15.0
 # Spans of the last requests before an outage are still in the SDK's batch (1 s here) or on the
 # wire when the collector stops: they may be lost with the outage, and are counted as dropped.
 EXPORT_LAG_S = 3.0
+# A cycle in which the hypervisor took more than this share of the app's CPU ("steal") is not
+# compared: 6.6% steal in one window gave a 131 ms p99 against 11-17 ms in the others. Which
+# cycles that drops depends on the machine, not on the collector, so the comparison stays fair.
+STEAL_MAX_PCT = 2.0
+# More cycles run until enough are comparable: up to twice as many, and at least two more.
+MAX_CYCLES_FACTOR = 2
+EXTRA_CYCLES_MIN = 2
 # From a request to its trace in the backend: the SDK's batch delay (1 s here) and the
 # collector exporter's retry backoff (up to 30 s after an outage).
 DELIVERY_TIMEOUT_S = 120.0
@@ -224,6 +232,12 @@ class OutageCycle:
     down_start: float  # the collector had exited; the up window ends here
     back: float  # the collector restarted
     settled: float  # ``CATCH_UP_S`` after ``back``: the outage's after-effects are over
+    steal_pct: float  # the most the hypervisor took of the app's CPU in either window, in %
+
+    @property
+    def comparable(self) -> bool:
+        """Whether the machine left the app its CPU in both windows."""
+        return self.steal_pct <= STEAL_MAX_PCT
 
     def up(self, samples: Sequence[Sample]) -> list[Sample]:
         """The requests of the collector-up window."""
@@ -265,11 +279,11 @@ def _p99_ms(samples: Sequence[Sample]) -> float:
     return _ms(percentile([s.latency_s for s in samples], 99))
 
 
-def _steal_pct(cpu: CpuTimes | None, windows: Sequence[tuple[float, float]]) -> list[float]:
-    """The hypervisor's share of the app CPU in each window, in %."""
+def _steal_pct(cpu: CpuTimes | None, *windows: tuple[float, float]) -> float:
+    """The largest share of the app's CPU the hypervisor took in one of ``windows``, in %."""
     if cpu is None:
-        return []
-    return [round(100 * cpu.shares(start, end)[0], 1) for start, end in windows]
+        return 0.0
+    return round(max(100 * cpu.shares(start, end)[0] for start, end in windows), 1)
 
 
 def test_collector_down_app_serves_on_counts_drops_and_resumes(
@@ -287,10 +301,13 @@ def test_collector_down_app_serves_on_counts_drops_and_resumes(
     memory = ProcessMemory(shop.pid).start()
     load = Load(shop.server.base_url, scale.load_rps, shop.read, cpus=load_cpus).start()
     cycles: list[OutageCycle] = []
+    max_cycles = max(
+        MAX_CYCLES_FACTOR * scale.outage_cycles, scale.outage_cycles + EXTRA_CYCLES_MIN
+    )
     try:
         time.sleep(CATCH_UP_S)  # the same settling time before the first window as after an outage
         rss_before = memory.rss_bytes()
-        for _ in range(scale.outage_cycles):
+        while sum(c.comparable for c in cycles) < scale.outage_cycles and len(cycles) < max_cycles:
             up_start = time.monotonic()
             time.sleep(scale.outage_s)
             down_start = stop_stack_process(stack, "otelcol")
@@ -298,7 +315,9 @@ def test_collector_down_app_serves_on_counts_drops_and_resumes(
             stack.restart("otelcol")
             back = time.monotonic()
             time.sleep(CATCH_UP_S)
-            cycles.append(OutageCycle(up_start, down_start, back, time.monotonic()))
+            settled = time.monotonic()
+            steal = _steal_pct(cpu, (up_start, down_start), (down_start, settled))
+            cycles.append(OutageCycle(up_start, down_start, back, settled, steal))
     finally:
         samples = load.stop()
         memory.stop()
@@ -307,9 +326,10 @@ def test_collector_down_app_serves_on_counts_drops_and_resumes(
     rss_peak = max(memory.peak(c.down_start, c.settled) for c in cycles)
     rss_after = memory.rss_bytes()
 
-    up = [s for c in cycles for s in c.up(samples)]
-    outage = [s for c in cycles for s in c.outage(samples)]
-    p99_up, p99_outage = _p99_ms(up), _p99_ms(outage)
+    compared = [c for c in cycles if c.comparable]
+    up = [s for c in compared for s in c.up(samples)]
+    outage = [s for c in compared for s in c.outage(samples)]
+    p99_up, p99_outage = (_p99_ms(up), _p99_ms(outage)) if compared else (0.0, 0.0)
     # Export resumes after each outage without a restart: every request but those whose
     # telemetry was due to leave during an outage must be in the backends.
     deliverable = [s for s in samples if not any(c.exported_late_or_never(s) for c in cycles)]
@@ -336,17 +356,18 @@ def test_collector_down_app_serves_on_counts_drops_and_resumes(
     lines_lost = len(_trace_ids(samples) - log_ids)
     failing_allowed = sum(1 + int((c.back - c.down_start) // 60) for c in cycles)
     figures(
-        f"collector down {scale.outage_s:g} s x{len(cycles)} under {scale.load_rps} req/s",
+        f"collector down {scale.outage_s:g} s x{scale.outage_cycles} under {scale.load_rps} req/s",
         requests=len(samples),
         failed=len(failures(samples)),
         p99_up_ms=p99_up,
         p99_outage_ms=p99_outage,
-        p99_ratio=round(p99_outage / p99_up, 3),
+        p99_ratio=round(p99_outage / p99_up, 3) if compared else "-",
+        cycles_run=len(cycles),
+        cycles_compared=len(compared),
+        steal_pct=[c.steal_pct for c in cycles],
         p99_up_windows_ms=[_p99_ms(c.up(samples)) for c in cycles],
         p99_down_windows_ms=[_p99_ms(between(samples, c.down_start, c.back)) for c in cycles],
         p99_catch_up_windows_ms=[_p99_ms(between(samples, c.back, c.settled)) for c in cycles],
-        steal_up_pct=_steal_pct(cpu, [(c.up_start, c.down_start) for c in cycles]),
-        steal_outage_pct=_steal_pct(cpu, [(c.down_start, c.settled) for c in cycles]),
         samples_up=len(up),
         samples_outage=len(outage),
         rss_before_mb=_mb(rss_before),
@@ -362,6 +383,10 @@ def test_collector_down_app_serves_on_counts_drops_and_resumes(
         traces_deliverable_found=f"{len(found_deliverable)}/{len(_trace_ids(deliverable))}",
     )
     assert not failures(samples), describe_failures(samples)
+    assert len(compared) >= scale.outage_cycles, (
+        f"only {len(compared)} of {len(cycles)} cycles had at most {STEAL_MAX_PCT}% steal on "
+        "the app's CPU: the machine was too busy to compare p99"
+    )
     assert p99_outage <= scale.p99_ratio_max * p99_up, (p99_outage, p99_up)
     assert rss_peak - rss_before <= MEMORY_GROWTH_MAX_MB * 2**20
     assert rss_after - rss_before <= MEMORY_GROWTH_MAX_MB * 2**20
