@@ -11,11 +11,11 @@ the app CPU's counters so a test can report the steal in each window it measures
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from support.sampling import Readings
 
 # /proc/stat's per-CPU columns after the name: user nice system idle iowait irq softirq steal ...
 _IDLE, _IOWAIT, _STEAL = 3, 4, 7
@@ -63,26 +63,24 @@ class CpuTimes:
 
     cpus: frozenset[int]
     every_s: float = 0.5
-    readings: list[tuple[float, list[int]]] = field(default_factory=list, init=False)
-    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    _readings: Readings[list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._readings = Readings(self._read, self.every_s, "cpu-times")
 
     def start(self) -> CpuTimes:
         """Start sampling."""
-        self._thread = threading.Thread(target=self._run, name="cpu-times", daemon=True)
-        self._thread.start()
+        self._readings.start()
         return self
 
     def stop(self) -> None:
         """Stop sampling."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._readings.stop()
 
     def shares(self, start: float, end: float) -> tuple[float, float]:
         """(steal, busy): the shares of the CPUs' time in [start, end] the hypervisor took and
         that something on them ran; (0, 0) with fewer than two readings in the window."""
-        inside = [ticks for at, ticks in self.readings if start <= at <= end]
+        inside = self._readings.between(start, end)
         if len(inside) < 2:
             return 0.0, 0.0
         delta = [last - first for first, last in zip(inside[0], inside[-1], strict=True)]
@@ -100,8 +98,3 @@ class CpuTimes:
                 ticks = [int(v) for v in values]
                 summed = [a + b for a, b in zip(summed, ticks, strict=True)] if summed else ticks
         return summed
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self.readings.append((time.monotonic(), self._read()))
-            self._stopping.wait(self.every_s)

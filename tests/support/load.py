@@ -25,6 +25,7 @@ from types import TracebackType
 import httpx
 
 from support.cpus import pin_this_thread
+from support.sampling import Readings
 
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -206,9 +207,10 @@ class ProcessMemory:
 
     pid: int
     every_s: float = 0.25
-    readings: list[tuple[float, int]] = field(default_factory=list, init=False)
-    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    _readings: Readings[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._readings = Readings(self.rss_bytes, self.every_s, "rss")
 
     def rss_bytes(self) -> int:
         """The resident set size now."""
@@ -219,27 +221,16 @@ class ProcessMemory:
 
     def start(self) -> ProcessMemory:
         """Start sampling in a thread."""
-        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
-        self._thread.start()
+        self._readings.start()
         return self
 
     def stop(self) -> None:
         """Stop sampling."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._readings.stop()
 
     def peak(self, start: float, end: float) -> int:
         """The largest reading taken in [start, end]."""
-        values = [rss for at, rss in self.readings if start <= at <= end]
+        values = self._readings.between(start, end)
         if not values:
             raise ValueError(f"no RSS reading between {start:.1f} and {end:.1f}")
         return max(values)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.readings.append((time.monotonic(), self.rss_bytes()))
-            except (OSError, RuntimeError):
-                return  # the process is gone
-            self._stopping.wait(self.every_s)
