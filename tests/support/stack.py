@@ -68,6 +68,9 @@ def eventually(check: Callable[[], Any], timeout: float = 60, every: float = 1.0
     pytest.fail(f"not true after {timeout:.0f} s; last value: {last!r}"[:2000])
 
 
+JAEGER_SEARCH_TIMEOUT_S = 120.0
+
+
 @dataclass
 class Backends:
     """The backends' HTTP APIs, queried as Grafana's datasources do.
@@ -164,7 +167,13 @@ class Backends:
         """Traces a Jaeger search finds (``/api/traces?service=...``) in the last hour."""
         now_us = int(time.time() * 1_000_000)
         window = {"start": str(now_us - 3600 * 1_000_000), "end": str(now_us)}
-        r = self.client.get(f"{self.traces}/api/traces", params={**window, **search.params})
+        # One search returns every trace of a service: after a long fault run, tens of
+        # thousands, which Jaeger takes longer than the client's 10 s to write out.
+        r = self.client.get(
+            f"{self.traces}/api/traces",
+            params={**window, **search.params},
+            timeout=JAEGER_SEARCH_TIMEOUT_S,
+        )
         r.raise_for_status()
         traces: list[dict[str, Any]] = r.json().get("data") or []
         if search.errors_only:
