@@ -44,6 +44,10 @@ class Scale:
     # nothing changes on a shared 2-core machine; there the bound catches a request path that
     # waits on the exporter (seconds per request), not noise.
     p99_ratio_max: float = 1.10
+    # When no cycle had the app's CPU to itself (see test_outages.STEAL_MAX_PCT): fail as too
+    # busy to compare (``make faults``), or compare them all against the loose CI bound, so that
+    # a busy CI host still catches an exporter that blocks requests.
+    compare_noisy_cycles: bool = False
 
 
 SCALES = {
@@ -67,6 +71,7 @@ SCALES = {
         load_rps=30,
         workers=4,
         p99_ratio_max=2.0,
+        compare_noisy_cycles=True,
     ),
 }
 
