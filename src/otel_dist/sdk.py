@@ -243,8 +243,8 @@ def _release(batch: Sequence[object]) -> None:
     A failed OTLP export leaves a reference cycle behind: the exporter keeps the exception, and
     its traceback holds the frames of the whole export call, whose locals hold the batch. Python
     frees such a cycle only at a full collection, so during a collector outage every failed
-    batch (up to 512 spans or log records) stayed in memory until one ran, and that collection,
-    with tens of thousands of objects to free, paused the app for 150-210 ms instead of 70-100.
+    batch of spans or log records stayed in memory until one ran, and that collection, with
+    tens of thousands of objects to free, paused the app for 150-210 ms instead of 70-100.
     The batch processors build a new list per export call and drop it after the call; tuples (a
     simple processor's one item) are left alone.
     """

@@ -284,7 +284,7 @@ def _steal_pct(cpu: CpuTimes | None, *windows: tuple[float, float]) -> float:
     """The largest share of the app's CPU the hypervisor took in one of ``windows``, in %."""
     if cpu is None:
         return 0.0
-    return round(max(100 * cpu.shares(start, end)[0] for start, end in windows), 1)
+    return round(max(100 * cpu.steal_share(start, end) for start, end in windows), 1)
 
 
 def test_collector_down_app_serves_on_counts_drops_and_resumes(

@@ -18,7 +18,7 @@ from pathlib import Path
 from support.sampling import Readings
 
 # /proc/stat's per-CPU columns after the name: user nice system idle iowait irq softirq steal ...
-_IDLE, _IOWAIT, _STEAL = 3, 4, 7
+_STEAL = 7
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,15 @@ class CpuTimes:
         """Stop sampling."""
         self._readings.stop()
 
-    def shares(self, start: float, end: float) -> tuple[float, float]:
-        """(steal, busy): the shares of the CPUs' time in [start, end] the hypervisor took and
-        that something on them ran; (0, 0) with fewer than two readings in the window."""
+    def steal_share(self, start: float, end: float) -> float:
+        """The share of the CPUs' time in [start, end] the hypervisor took; 0 with fewer than
+        two readings in the window."""
         inside = self._readings.between(start, end)
         if len(inside) < 2:
-            return 0.0, 0.0
+            return 0.0
         delta = [last - first for first, last in zip(inside[0], inside[-1], strict=True)]
         total = sum(delta)
-        if total == 0:
-            return 0.0, 0.0
-        idle = delta[_IDLE] + delta[_IOWAIT]
-        return delta[_STEAL] / total, (total - idle - delta[_STEAL]) / total
+        return delta[_STEAL] / total if total else 0.0
 
     def _read(self) -> list[int]:
         summed: list[int] = []
