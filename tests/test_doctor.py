@@ -144,6 +144,7 @@ def test_unknown_traces_exporter_is_a_problem_and_traces_are_off() -> None:
 def test_every_bad_value_is_listed() -> None:
     report = diagnose(
         env={
+            "OTEL_TRACES_SAMPLER": "traceidratio",
             "OTEL_TRACES_SAMPLER_ARG": "2",
             "OTEL_DIST_ERROR_FORMAT": "xml",
             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc-web",
@@ -152,7 +153,8 @@ def test_every_bad_value_is_listed() -> None:
     )
 
     assert report.problems == [
-        "OTEL_TRACES_SAMPLER_ARG='2' is not valid: expected a number from 0.0 to 1.0",
+        "OTEL_TRACES_SAMPLER_ARG='2' is not valid: expected a number from 0.0 to 1.0; "
+        "using the default sampler parentbased_always_on",
         "OTEL_DIST_ERROR_FORMAT='xml' is not valid: accepted values: detail, problem",
         "OTEL_EXPORTER_OTLP_PROTOCOL='grpc-web' is not valid: accepted values: http/protobuf, grpc",
     ]

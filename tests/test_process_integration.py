@@ -187,7 +187,9 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_configure_bad_value_raises_one_clear_error():
-    done = _python("from otel_dist import configure\nconfigure(sampler_arg='abc')")
+    done = _python(
+        "from otel_dist import configure\nconfigure(sampler='traceidratio', sampler_arg='abc')"
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "otel_dist.settings.ConfigurationError: sampler_arg (OTEL_TRACES_SAMPLER_ARG)='abc' "

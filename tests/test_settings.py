@@ -129,12 +129,16 @@ def test_resource_attributes_as_mapping_keyword():
             "OTEL_LOGS_EXPORTER='loki' is not valid: accepted values: otlp, console, none",
         ),
         (
-            {"OTEL_TRACES_SAMPLER_ARG": "abc"},
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "abc"},
             "OTEL_TRACES_SAMPLER_ARG='abc' is not valid: expected a number from 0.0 to 1.0",
         ),
         (
-            {"OTEL_TRACES_SAMPLER_ARG": "1.5"},
+            {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5"},
             "OTEL_TRACES_SAMPLER_ARG='1.5' is not valid: expected a number from 0.0 to 1.0",
+        ),
+        (
+            {"OTEL_DIST_ERROR_BODY_IDS": "some"},
+            "OTEL_DIST_ERROR_BODY_IDS='some' is not valid: accepted values: unhandled, all, none",
         ),
         (
             {"OTEL_TRACES_SAMPLER": "sometimes"},
@@ -275,12 +279,59 @@ def test_long_bad_value_is_truncated_in_message():
 
 
 def test_lenient_mode_turns_only_the_broken_signal_off():
-    s = load_settings({"OTEL_TRACES_SAMPLER_ARG": "abc"}, strict=False)
+    s = load_settings({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"}, strict=False)
     assert s.traces_exporter == "none"
     assert s.metrics_exporter == "otlp"
     assert s.logs_exporter == "otlp"
     assert s.problems == (
-        "OTEL_TRACES_SAMPLER_ARG='abc' is not valid: expected a number from 0.0 to 1.0",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='http/json' is not valid: "
+        "accepted values: http/protobuf, grpc",
+    )
+
+
+@pytest.mark.parametrize("sampler", ["parentbased_always_on", "always_on", "always_off"])
+def test_sampler_argument_is_ignored_by_samplers_that_take_none(sampler):
+    for strict in (True, False):
+        s = load_settings(
+            {"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": "abc"}, strict=strict
+        )
+        assert (s.sampler, s.sampler_arg, s.problems) == (sampler, 1.0, ())
+    assert load_settings({}, {"sampler_arg": "abc"}).problems == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"OTEL_TRACES_SAMPLER": "bogus"},
+            "OTEL_TRACES_SAMPLER='bogus' is not valid: accepted values: always_on, always_off, "
+            "traceidratio, parentbased_always_on, parentbased_always_off, "
+            "parentbased_traceidratio; using the default sampler parentbased_always_on",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "abc"},
+            "OTEL_TRACES_SAMPLER_ARG='abc' is not valid: expected a number from 0.0 to 1.0; "
+            "using the default sampler parentbased_always_on",
+        ),
+    ],
+)
+def test_lenient_bad_sampler_falls_back_to_the_default_sampler_and_keeps_traces(env, problem):
+    s = load_settings(env, strict=False)
+    assert (s.sampler, s.sampler_arg) == ("parentbased_always_on", 1.0)
+    assert s.traces_exporter == "otlp"
+    assert s.problems == (problem,)
+
+
+def test_error_body_ids_keyword_beats_environment():
+    env = {"OTEL_DIST_ERROR_BODY_IDS": "none"}
+    assert load_settings({}).error_body_ids == "unhandled"
+    assert load_settings(env).error_body_ids == "none"
+    assert load_settings(env, {"error_body_ids": "all"}).error_body_ids == "all"
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({}, {"error_body_ids": "some"})
+    assert str(info.value) == (
+        "error_body_ids (OTEL_DIST_ERROR_BODY_IDS)='some' is not valid: "
+        "accepted values: unhandled, all, none"
     )
 
 

@@ -1,4 +1,9 @@
-"""An untrusted edge: the caller's trace context is linked to, never adopted.
+"""Incoming trace context policy: one ``traceparent`` only, and the untrusted edge.
+
+Every request: more than one ``traceparent`` header line is no parent at all (a new trace), as
+W3C Trace Context says (``OneTraceparentOnly``).
+
+An untrusted edge: the caller's trace context is linked to, never adopted.
 
 By default a request continues the trace its ``traceparent`` names and keeps its ``baggage``, which
 is what services behind a gateway want. A service that faces the internet cannot trust either: a
@@ -26,28 +31,16 @@ from opentelemetry.propagators.textmap import (
 from opentelemetry.sdk.trace import Span, SpanProcessor
 
 _CALLER = create_key("otel_dist.untrusted_caller")
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 LINK_ATTRIBUTES = {"otel_dist.link.reason": "untrusted incoming trace context"}
 
 
-class UntrustedEdgePropagator(TextMapPropagator):
-    """Extracts the caller's span context for a link only; injects like the wrapped propagator."""
+class WrappingPropagator(TextMapPropagator):
+    """A propagator that decides how the wrapped one extracts; it injects like the wrapped one."""
 
     def __init__(self, inner: TextMapPropagator) -> None:
         self._inner = inner
-
-    def extract(
-        self,
-        carrier: CarrierT,
-        context: Context | None = None,
-        getter: Getter[CarrierT] = default_getter,
-    ) -> Context:
-        """``context`` unchanged but for the caller's span context, kept aside (no baggage)."""
-        base = context if context is not None else Context()
-        extracted = self._inner.extract(carrier, Context(), getter)
-        caller = trace.get_current_span(extracted).get_span_context()
-        if not caller.is_valid:
-            return base
-        return set_value(_CALLER, caller, base)
 
     def inject(
         self,
@@ -62,6 +55,61 @@ class UntrustedEdgePropagator(TextMapPropagator):
     def fields(self) -> set[str]:
         """The wrapped propagator's header names."""
         return set(self._inner.fields)
+
+
+class _HidingTraceContext(Getter[CarrierT]):
+    """A getter that reads like ``inner`` but finds no ``traceparent`` or ``tracestate``."""
+
+    def __init__(self, inner: Getter[CarrierT]) -> None:
+        self._inner = inner
+
+    def get(self, carrier: CarrierT, key: str) -> list[str] | None:
+        if key.lower() in (TRACEPARENT, TRACESTATE):
+            return None
+        return self._inner.get(carrier, key)
+
+    def keys(self, carrier: CarrierT) -> list[str]:
+        return [k for k in self._inner.keys(carrier) if k.lower() not in (TRACEPARENT, TRACESTATE)]
+
+
+class OneTraceparentOnly(WrappingPropagator):
+    """A request with more than one ``traceparent`` header line has no valid parent.
+
+    HTTP reads repeated lines of a header as one comma-separated value, and a ``traceparent``
+    cannot hold a comma, so W3C Trace Context treats the pair as invalid: the trace restarts
+    (and ``tracestate`` goes with it). The SDK propagator would take the first line. Other
+    headers (``baggage``) are extracted as usual.
+    """
+
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        """The wrapped propagator's context, without the trace context when it is repeated."""
+        lines = getter.get(carrier, TRACEPARENT)
+        if lines is not None and len(lines) > 1:
+            getter = _HidingTraceContext(getter)
+        return self._inner.extract(carrier, context, getter)
+
+
+class UntrustedEdgePropagator(WrappingPropagator):
+    """Extracts the caller's span context for a link only; injects like the wrapped propagator."""
+
+    def extract(
+        self,
+        carrier: CarrierT,
+        context: Context | None = None,
+        getter: Getter[CarrierT] = default_getter,
+    ) -> Context:
+        """``context`` unchanged but for the caller's span context, kept aside (no baggage)."""
+        base = context if context is not None else Context()
+        extracted = self._inner.extract(carrier, Context(), getter)
+        caller = trace.get_current_span(extracted).get_span_context()
+        if not caller.is_valid:
+            return base
+        return set_value(_CALLER, caller, base)
 
 
 class LinkUntrustedCaller(SpanProcessor):

@@ -42,7 +42,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.websockets import WebSocketDisconnect
 
 from otel_dist import __version__
-from otel_dist.edge import UntrustedEdgePropagator
+from otel_dist.edge import WrappingPropagator
 
 if TYPE_CHECKING:
     # Only FastAPI 0.165+ has it, and only native mode (which needs that FastAPI) builds
@@ -100,7 +100,7 @@ def _header_names(propagator: TextMapPropagator) -> frozenset[bytes] | None:
     parts: Iterable[TextMapPropagator] | None = None
     if isinstance(propagator, CompositePropagator):
         parts = vars(propagator).get("_propagators")
-    elif isinstance(propagator, UntrustedEdgePropagator):
+    elif isinstance(propagator, WrappingPropagator):
         inner = vars(propagator).get("_inner")
         parts = None if inner is None else [inner]
     if parts is None:

@@ -361,9 +361,17 @@ class _Pipeline:
 
 
 def _tracer_provider(p: _Pipeline) -> TracerProvider:
+    """The tracer provider, with its export pipeline unless the traces exporter is ``none``.
+
+    Built for every exporter: the sampler's span contexts are what requests continue, forward
+    on outgoing calls and show in headers, logs and error bodies, exported or not. With nothing
+    to export it has no processor (no queue, no export thread).
+    """
     provider = TracerProvider(
         resource=p.resource, sampler=build_sampler(p.settings), shutdown_on_exit=False
     )
+    if p.settings.traces_exporter == "none":
+        return provider
     with _loss_counters(p.meter_provider):
         exporter = ReportingSpanExporter(_span_exporter(p.settings, p.meter_provider), p.health)
         processor = BatchSpanProcessor(
@@ -504,7 +512,8 @@ def build_providers(
 
     A signal whose pipeline cannot be built (gRPC exporter missing, Prometheus host unusable)
     raises ``ConfigurationError`` when ``strict``; otherwise it is logged once and switched off,
-    and the returned settings say so.
+    and the returned settings say so. Traces always get a provider (unless the SDK is disabled):
+    with their export off it only makes the span contexts.
     """
     resource = build_resource(settings)
     health = ExportHealth(settings.export_report_interval_s)
@@ -522,18 +531,18 @@ def build_providers(
 
     problems = list(settings.problems)
     for signal, build in builders.items():
-        if settings.exporter(signal) == "none":
-            built[signal] = None
-            continue
-        try:
-            built[signal] = build()
-        except ConfigurationError as exc:
-            if strict:
-                raise
-            problems.append(str(exc))
-            built[signal] = None
-            switched_off: dict[str, Any] = {f"{signal}_exporter": "none"}
-            settings = replace(settings, **switched_off)
+        built[signal] = None
+        if settings.exporter(signal) != "none":
+            try:
+                built[signal] = build()
+            except ConfigurationError as exc:
+                if strict:
+                    raise
+                problems.append(str(exc))
+                switched_off: dict[str, Any] = {f"{signal}_exporter": "none"}
+                settings = replace(settings, **switched_off)
+        if signal == "traces" and built[signal] is None and not settings.sdk_disabled:
+            built[signal] = build()  # no export: the span contexts still come from the sampler
     meter_provider, prometheus = built["metrics"] if built["metrics"] is not None else (None, None)
     providers = Providers(
         resource=resource,

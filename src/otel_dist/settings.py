@@ -32,8 +32,14 @@ SAMPLERS = (
     "parentbased_always_off",
     "parentbased_traceidratio",
 )
+DEFAULT_SAMPLER = "parentbased_always_on"
+# Only these samplers read OTEL_TRACES_SAMPLER_ARG; with any other its value is not used.
+RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+# Ends the problem line of a bad sampler setting: tracing goes on, with the default sampler.
+SAMPLER_FALLBACK = f"; using the default sampler {DEFAULT_SAMPLER}"
 HTTP_INSTRUMENTATIONS = ("auto", "native", "contrib")
 ERROR_FORMATS = ("detail", "problem")
+ERROR_BODY_IDS = ("unhandled", "all", "none")
 LOG_FORMATS = ("auto", "json", "console")
 DEFAULT_EXCLUDED_URLS = (
     r"^/health/?$",
@@ -84,7 +90,7 @@ class Settings:
     metrics_exporter: str = "otlp"
     logs_exporter: str = "otlp"
     otlp: Mapping[Signal, OtlpSettings] = field(default_factory=dict)
-    sampler: str = "parentbased_always_on"
+    sampler: str = DEFAULT_SAMPLER
     sampler_arg: float = 1.0
     # Batches of 128, not the SDK's 512: the export thread holds the GIL while it encodes a batch
     # (about 45 µs an item), and requests wait for it. 512 items is a 25 ms stall whenever the
@@ -100,6 +106,7 @@ class Settings:
     disabled_instrumentations: tuple[str, ...] = ()
     http_instrumentation: str = "auto"
     error_format: str = "detail"
+    error_body_ids: str = "unhandled"
     debug_errors: bool = False
     response_trace_headers: bool = True
     request_id_header: str = "X-Request-ID"
@@ -294,13 +301,14 @@ OPTIONS: tuple[Option, ...] = (
         signal="logs",
         doc="`otlp`, `console` or `none`.",
     ),
-    _opt("sampler", "OTEL_TRACES_SAMPLER", _choice(SAMPLERS), signal="traces", doc="Head sampler."),
+    # The sampler makes the ids every request carries, exported or not: a bad value falls back
+    # to the default sampler (resolved by ``_sampler``), never switches traces off.
+    _opt("sampler", "OTEL_TRACES_SAMPLER", _choice(SAMPLERS), doc="Head sampler."),
     _opt(
         "sampler_arg",
         "OTEL_TRACES_SAMPLER_ARG",
         _ratio,
-        signal="traces",
-        doc="Ratio for the `*traceidratio` samplers, 0.0 to 1.0.",
+        doc="Ratio for the `*traceidratio` samplers, 0.0 to 1.0 (other samplers ignore it).",
     ),
     _opt(
         "metric_export_interval_ms",
@@ -360,6 +368,15 @@ OPTIONS: tuple[Option, ...] = (
         _choice(ERROR_FORMATS),
         doc='`detail` keeps FastAPI\'s `{"detail": ...}` bodies and adds `trace_id` and '
         "`request_id`; `problem` answers `application/problem+json` (RFC 9457).",
+    ),
+    _opt(
+        "error_body_ids",
+        "OTEL_DIST_ERROR_BODY_IDS",
+        _choice(ERROR_BODY_IDS),
+        doc="Which error bodies carry `trace_id` and `request_id`: `unhandled` (only the 500 "
+        "of an exception the app did not handle: the bodies the app wrote stay as FastAPI sends "
+        "them), `all` (also the app's `HTTPException` and validation bodies) or `none`. The ids "
+        "are in the response headers either way.",
     ),
     _opt(
         "debug_errors",
@@ -558,6 +575,32 @@ def _otlp(resolver: _Resolver, signal: Signal) -> OtlpSettings:
     )
 
 
+def _sampler(resolver: _Resolver, defaults: Settings) -> tuple[str, float]:
+    """The sampler and its ratio; the ratio is read only for the samplers that take one.
+
+    Lenient: a bad value of either gives the default sampler, and the problem says so.
+    """
+    fallback = (defaults.sampler, defaults.sampler_arg)
+    sampler = _sampler_option(resolver, "sampler", defaults.sampler)
+    if sampler is None:
+        return fallback
+    if sampler not in RATIO_SAMPLERS:
+        return sampler, defaults.sampler_arg
+    ratio = _sampler_option(resolver, "sampler_arg", defaults.sampler_arg)
+    return fallback if ratio is None else (sampler, ratio)
+
+
+def _sampler_option(resolver: _Resolver, name: str, default: Any) -> Any:
+    """One sampler option's value, or None when it is bad (lenient mode only)."""
+    declared = _OPTION_BY_NAME[name]
+    problems_before = len(resolver.problems)
+    value = resolver.value(name, declared.env, declared.parse, default)
+    if len(resolver.problems) > problems_before:
+        resolver.problems[-1] += SAMPLER_FALLBACK
+        return None
+    return value
+
+
 def _batch(
     resolver: _Resolver, prefix: str, signal: Signal, default: BatchSettings
 ) -> BatchSettings:
@@ -610,9 +653,12 @@ def load_settings(
     defaults = Settings()
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        values[option.name] = resolver.value(
-            option.name, option.env, option.parse, getattr(defaults, option.name), option.signal
-        )
+        if option.name == "sampler":
+            values["sampler"], values["sampler_arg"] = _sampler(resolver, defaults)
+        elif option.name != "sampler_arg":
+            values[option.name] = resolver.value(
+                option.name, option.env, option.parse, getattr(defaults, option.name), option.signal
+            )
     values["otlp"] = {signal: _otlp(resolver, signal) for signal in SIGNALS}
     values["bsp"] = _batch(resolver, "BSP", "traces", defaults.bsp)
     values["blrp"] = _batch(resolver, "BLRP", "logs", defaults.blrp)

@@ -22,14 +22,14 @@ from opentelemetry.propagators.composite import CompositePropagator
 
 from otel_dist import logs as log_correlation
 from otel_dist.diagnostics import make_visible
-from otel_dist.edge import LinkUntrustedCaller, UntrustedEdgePropagator
+from otel_dist.edge import LinkUntrustedCaller, OneTraceparentOnly, UntrustedEdgePropagator
 from otel_dist.export_health import fold_sdk_export_messages
 from otel_dist.fastapi import FastAPIInstrumentation, chosen_mode
 from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk import Providers, build_providers
-from otel_dist.settings import ConfigurationError, Settings, load_settings
+from otel_dist.settings import SAMPLER_FALLBACK, ConfigurationError, Settings, load_settings
 from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchemy
 
 _log = logging.getLogger("otel_dist.internal")
@@ -192,7 +192,10 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
 def _report_problems(settings: Settings) -> None:
     # One line per bad value: the launcher must say what is wrong without crashing the app.
     for problem in settings.problems:
-        _log.error("otel-dist: %s (telemetry for that setting's signal is off)", problem)
+        if problem.endswith(SAMPLER_FALLBACK):  # says itself what happens instead
+            _log.error("otel-dist: %s", problem)
+        else:
+            _log.error("otel-dist: %s (telemetry for that setting's signal is off)", problem)
 
 
 def _empty_resource() -> Any:
@@ -215,8 +218,11 @@ def _install_globals(providers: Providers) -> None:
     if providers.logger_provider is not None:
         _logs.set_logger_provider(providers.logger_provider)
     propagator = propagate.get_global_textmap()
+    if isinstance(propagator, OneTraceparentOnly):
+        return
     if not isinstance(propagator, CompositePropagator):
-        propagate.set_global_textmap(CompositePropagator([propagator]))
+        propagator = CompositePropagator([propagator])
+    propagate.set_global_textmap(OneTraceparentOnly(propagator))
 
 
 def _guard_untrusted_edge(telemetry: Telemetry) -> None:
