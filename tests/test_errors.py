@@ -1,5 +1,8 @@
 """Error bodies and response headers, in-process, with private providers (no global state).
 
+Default (``error_body_ids=unhandled``): the bodies the app wrote are FastAPI's, unchanged; only
+the 500 of an unhandled exception carries the ids. ``all`` adds them to every error body.
+
 Each test instruments a fresh FastAPI app with ``FastAPIInstrumentation(...).instrument_app`` and
 drives it through ``httpx.ASGITransport`` (or a raw ASGI call where a client would refuse to send
 the header). The ids in every body are checked against the SERVER span actually exported.
@@ -193,23 +196,76 @@ def instrument() -> Iterator[Callable[..., Harness]]:
         provider_set.meter_provider.shutdown()
 
 
-# --- default format: FastAPI's bodies plus the two ids -----------------------------------------
+# --- default: the app's bodies as FastAPI sends them; the ids in the headers ----------------
+
+
+def _uninstrumented(method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return _request(_routes(FastAPI()), method, path, **kwargs)
+
+
+def _app_headers(response: httpx.Response) -> list[tuple[str, str]]:
+    """The response headers without the ones otel-dist adds to every response."""
+    ours = {"x-request-id", "traceresponse", "server-timing", "access-control-expose-headers"}
+    return [(k, v) for k, v in response.headers.multi_items() if k not in ours]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_http_exception_body_is_fastapi_detail_plus_ids(instrument, mode):
-    result = instrument(mode).get("/items/7")
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/items/7", None),
+        ("GET", "/private", None),
+        ("GET", "/items/seven", None),
+        ("POST", "/login", {"username": "al", "password": "short"}),
+    ],
+)
+def test_app_error_bodies_are_byte_for_byte_fastapis_by_default(
+    instrument, mode, method, path, body
+):
+    expected = _uninstrumented(method, path, json=body)
+    result = instrument(mode).call(method, path, json=body)
+    assert expected.status_code in (401, 404, 422)
+    assert result.response.status_code == expected.status_code
+    assert result.response.content == expected.content
+    assert _app_headers(result.response) == _app_headers(expected)
+    # The ids reach the client in the headers.
+    assert result.response.headers["x-request-id"] == result.ids["request_id"]
+    assert result.response.headers["traceresponse"].split("-")[1] == result.trace_id
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_all_adds_the_ids_to_the_apps_bodies(instrument, mode):
+    result = instrument(mode, error_body_ids="all").get("/items/7")
     assert result.response.status_code == 404
     assert result.response.headers["content-type"] == "application/json"
     assert result.json() == {"detail": "Item not found", **result.ids}
     assert GENERATED_ID.fullmatch(result.ids["request_id"])
 
 
-def test_http_exception_keeps_its_headers(instrument):
-    result = instrument().get("/private")
+def test_all_keeps_the_exception_headers(instrument):
+    result = instrument(error_body_ids="all").get("/private")
     assert result.response.status_code == 401
     assert result.response.headers["www-authenticate"] == "Bearer"
     assert result.json() == {"detail": "Not authenticated", **result.ids}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_none_leaves_every_body_as_without_otel_dist(instrument, mode):
+    harness = instrument(mode, error_body_ids="none")
+    for method, path, body in [
+        ("GET", "/items/7", None),
+        ("POST", "/login", {"username": "al"}),
+        ("GET", "/fail", None),
+    ]:
+        expected = _uninstrumented(method, path, json=body)
+        result = harness.call(method, path, json=body)
+        assert (result.response.status_code, result.response.content) == (
+            expected.status_code,
+            expected.content,
+        ), path
+        assert _app_headers(result.response) == _app_headers(expected), path
+    assert expected.status_code == 500
+    assert expected.text == "Internal Server Error"
 
 
 @pytest.mark.parametrize("status", [204, 304])
@@ -224,8 +280,10 @@ def test_http_exception_without_body_status_sends_no_body(instrument, status, er
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_validation_error_keeps_fastapi_detail_list_plus_ids(instrument, mode):
-    result = instrument(mode).call("POST", "/login", json={"username": "al", "password": "short"})
+def test_all_adds_the_ids_to_fastapis_validation_body(instrument, mode):
+    result = instrument(mode, error_body_ids="all").call(
+        "POST", "/login", json={"username": "al", "password": "short"}
+    )
     assert result.response.status_code == 422
     assert result.response.headers["content-type"] == "application/json"
     body = result.json()
@@ -334,6 +392,15 @@ def test_problem_500_is_generic(instrument, mode):
     assert "CANARYE71c" not in result.response.text
 
 
+@pytest.mark.parametrize("path", ["/items/7", "/fail"])
+def test_problem_bodies_keep_their_members_and_none_drops_only_the_ids(instrument, path):
+    with_ids = instrument(error_format="problem").get(path)
+    without = instrument(error_format="problem", error_body_ids="none").get(path)
+    assert with_ids.json() == {**without.json(), **with_ids.ids}
+    assert set(without.json()) == {"type", "title", "status", "instance", "detail"}
+    assert without.response.headers["content-type"] == "application/problem+json"
+
+
 @pytest.mark.parametrize("error_format", ["detail", "problem"])
 def test_debug_errors_show_exception_and_traceback(instrument, error_format):
     result = instrument(error_format=error_format, debug_errors=True).get("/fail")
@@ -377,10 +444,10 @@ def test_app_handlers_stay_and_error_ids_gives_the_request_ids(instrument, mode)
     assert failed.json() == {"error": "own 500", **failed.ids}
     assert failed.ids["request_id"] == "req-500"
 
-    # Only the handlers the app left to FastAPI's defaults are replaced.
+    # The handler the app left to FastAPI's default stays FastAPI's: its body unchanged.
     invalid = harness.call("POST", "/login", json={})
     assert invalid.response.status_code == 422
-    assert invalid.json()["trace_id"] == invalid.trace_id
+    assert invalid.response.content == _uninstrumented("POST", "/login", json={}).content
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -388,7 +455,7 @@ def test_app_that_already_served_requests_gets_our_handlers(instrument, mode):
     app = FastAPI()
     assert _request(app, "GET", "/warm-up").status_code == 404
     assert app.middleware_stack is not None
-    harness = instrument(mode, app=app)
+    harness = instrument(mode, app=app, error_body_ids="all")
     missing = harness.get("/items/7")
     assert missing.json() == {"detail": "Item not found", **missing.ids}
     failed = harness.get("/fail")
@@ -398,7 +465,7 @@ def test_app_that_already_served_requests_gets_our_handlers(instrument, mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", ["/v2/items/7", "/v2/fail"])
 def test_instrumented_mounted_app_shares_the_outer_request_id_and_headers(instrument, mode, path):
-    result = instrument(mode, mounted=True).get(path)
+    result = instrument(mode, mounted=True, error_body_ids="all").get(path)
     headers = result.response.headers
     [rid] = headers.get_list("x-request-id")
     assert GENERATED_ID.fullmatch(rid)
@@ -417,7 +484,7 @@ def test_instrumented_mounted_app_shares_the_outer_request_id_and_headers(instru
 
 
 def test_safe_incoming_request_id_is_echoed_and_used(instrument):
-    result = instrument().get("/items/7", headers={"X-Request-ID": "client-req-42"})
+    result = instrument().get("/fail", headers={"X-Request-ID": "client-req-42"})
     assert result.response.headers["x-request-id"] == "client-req-42"
     assert result.json()["request_id"] == "client-req-42"
     assert result.server_span.attributes is not None
@@ -426,7 +493,7 @@ def test_safe_incoming_request_id_is_echoed_and_used(instrument):
 
 @pytest.mark.parametrize("unsafe", ['quote"<script>', "x" * 10_240], ids=["quotes", "10KB"])
 def test_unsafe_incoming_request_id_is_replaced(instrument, unsafe):
-    result = instrument().get("/items/7", headers={"X-Request-ID": unsafe})
+    result = instrument().get("/fail", headers={"X-Request-ID": unsafe})
     rid = result.response.headers["x-request-id"]
     assert GENERATED_ID.fullmatch(rid)
     assert result.json()["request_id"] == rid
@@ -478,12 +545,12 @@ def test_request_id_with_control_bytes_is_replaced_and_not_echoed(instrument, ra
 
 def test_custom_request_id_header(instrument):
     result = instrument(request_id_header="X-Correlation-ID").get(
-        "/items/7", headers={"X-Correlation-ID": "corr-1", "X-Request-ID": "ignored"}
+        "/fail", headers={"X-Correlation-ID": "corr-1", "X-Request-ID": "ignored"}
     )
     assert result.response.headers["x-correlation-id"] == "corr-1"
     assert "x-request-id" not in result.response.headers
     assert result.json() == {
-        "detail": "Item not found",
+        "detail": "Internal Server Error",
         "trace_id": result.trace_id,
         "request_id": "corr-1",
     }
@@ -518,7 +585,7 @@ def test_trace_headers_name_the_exported_server_span(instrument, mode):
 
 
 def test_trace_headers_off_keeps_request_id(instrument):
-    result = instrument(response_trace_headers=False).get("/items/7")
+    result = instrument(response_trace_headers=False).get("/fail")
     headers = result.response.headers
     assert "traceresponse" not in headers
     assert "server-timing" not in headers
@@ -579,7 +646,7 @@ def test_excluded_url_has_no_span_and_no_trace_headers_but_a_request_id(instrume
 
 @pytest.mark.parametrize("mode", MODES)
 def test_exactly_one_server_span_per_request_and_error_status_on_500(instrument, mode):
-    harness = instrument(mode)
+    harness = instrument(mode, error_body_ids="all")
     cases = {
         "/items/7": (404, "GET /items/{item_id}", StatusCode.UNSET),
         "/login": (422, "POST /login", StatusCode.UNSET),

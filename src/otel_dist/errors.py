@@ -1,10 +1,14 @@
 """Error responses that carry the trace id and request id, without breaking an app's contract.
 
-Default (``detail``): the exact bodies FastAPI clients already parse (``{"detail": ...}``, same
-status, same content type) plus ``trace_id`` and ``request_id`` members. ``problem``: RFC 9457
-``application/problem+json`` with the same two members. A 500 never shows the exception unless
-``debug_errors`` is on. Only FastAPI's *default* handlers are replaced: an app's own handlers stay,
-and can add the ids with one call to ``error_ids()``.
+The ids reach the client in the response headers of every request. In bodies
+(``error_body_ids``): by default only the 500 of an exception the app did not handle carries
+them, as ``{"detail": "Internal Server Error", "trace_id": ..., "request_id": ...}``; the bodies
+the app produced itself (its ``HTTPException``s, FastAPI's 422 validation body) stay exactly what
+FastAPI sends, because clients and test suites compare them whole. ``all`` adds the two members
+to those too, ``none`` to no body. ``problem`` answers RFC 9457 ``application/problem+json`` for
+every error: those bodies are otel-dist's own, so they carry the ids unless ``none``. A 500 never
+shows the exception unless ``debug_errors`` is on. Only FastAPI's *default* handlers are
+replaced: an app's own handlers stay, and can add the ids with one call to ``error_ids()``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from opentelemetry import trace
 from opentelemetry.trace import format_trace_id
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from otel_dist import request_id
 from otel_dist.settings import Settings
@@ -61,6 +65,11 @@ class _ErrorBodies:
     def __init__(self, settings: Settings) -> None:
         self.problem = settings.error_format == "problem"
         self.debug = settings.debug_errors
+        self.ids_in_unhandled = settings.error_body_ids != "none"
+        # Replacing FastAPI's HTTPException and validation handlers changes bodies the app
+        # wrote: only when asked to (ids in them, or the problem format).
+        self.replaces_app_bodies = self.problem or settings.error_body_ids == "all"
+        self.ids_in_app_bodies = self.replaces_app_bodies and self.ids_in_unhandled
 
     def respond(
         self,
@@ -69,8 +78,10 @@ class _ErrorBodies:
         detail: Any,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        *,
+        with_ids: bool,
     ) -> Response:
-        ids = error_ids(request)
+        ids = error_ids(request) if with_ids else {}
         if not self.problem:
             body = {"detail": detail, **(extra or {}), **ids}
             return JSONResponse(body, status_code=status, headers=headers)
@@ -89,15 +100,24 @@ class _ErrorBodies:
         headers = getattr(exc, "headers", None)
         if not is_body_allowed_for_status_code(exc.status_code):
             return Response(status_code=exc.status_code, headers=headers)
-        return self.respond(request, exc.status_code, exc.detail, headers)
+        return self.respond(
+            request, exc.status_code, exc.detail, headers, with_ids=self.ids_in_app_bodies
+        )
 
     async def validation(self, request: Request, exc: RequestValidationError) -> Response:
         errors = jsonable_encoder(exc.errors())
+        with_ids = self.ids_in_app_bodies
         if not self.problem:
-            return self.respond(request, 422, errors)
+            return self.respond(request, 422, errors, with_ids=with_ids)
         # Problem bodies drop pydantic's "input": it echoes what the client sent (passwords).
         cleaned = [{k: v for k, v in e.items() if k != "input"} for e in errors]
-        return self.respond(request, 422, "Request validation failed", extra={"errors": cleaned})
+        return self.respond(
+            request,
+            422,
+            "Request validation failed",
+            extra={"errors": cleaned},
+            with_ids=with_ids,
+        )
 
     async def unhandled(self, request: Request, exc: Exception) -> Response:
         error_log.error(
@@ -107,7 +127,11 @@ class _ErrorBodies:
         if self.debug:
             extra["exception"] = f"{type(exc).__name__}: {exc}"
             extra["traceback"] = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        return self.respond(request, 500, "Internal Server Error", extra=extra)
+        elif not (self.problem or self.ids_in_unhandled):
+            return PlainTextResponse("Internal Server Error", status_code=500)  # Starlette's own
+        return self.respond(
+            request, 500, "Internal Server Error", extra=extra, with_ids=self.ids_in_unhandled
+        )
 
 
 def _phrase(status: int) -> str:
@@ -118,14 +142,23 @@ def _phrase(status: int) -> str:
 
 
 def install_error_handlers(app: FastAPI, settings: Settings) -> list[str]:
-    """Replace FastAPI's default handlers with id-carrying ones; keep the app's own.
+    """Install our 500 handler and, when the bodies the app wrote may change, our 4xx ones.
 
-    Starlette copies the handlers into the middleware stack when it builds it, so call this
-    before the stack is (re)built. Returns the names of the handlers installed.
+    Only FastAPI's defaults are replaced: the app's own handlers stay. Starlette copies the
+    handlers into the middleware stack when it builds it, so call this before the stack is
+    (re)built. Returns the names of the handlers installed.
     """
     bodies = _ErrorBodies(settings)
-    installed: list[str] = []
     handlers = app.exception_handlers
+    installed = _replace_app_body_handlers(handlers, bodies) if bodies.replaces_app_bodies else []
+    if 500 not in handlers and Exception not in handlers:
+        handlers[Exception] = bodies.unhandled
+        installed.append("Exception")
+    return installed
+
+
+def _replace_app_body_handlers(handlers: dict[Any, Any], bodies: _ErrorBodies) -> list[str]:
+    installed: list[str] = []
     if handlers.get(HTTPException) in (None, fastapi_defaults.http_exception_handler):
         handlers[HTTPException] = bodies.http_exception
         installed.append("HTTPException")
@@ -135,7 +168,4 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> list[str]:
     ):
         handlers[RequestValidationError] = bodies.validation
         installed.append("RequestValidationError")
-    if 500 not in handlers and Exception not in handlers:
-        handlers[Exception] = bodies.unhandled
-        installed.append("Exception")
     return installed
