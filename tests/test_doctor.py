@@ -245,11 +245,11 @@ def test_runtime_metrics_switched_off_says_which_variable() -> None:
     )
 
 
-def test_traces_none_keeps_httpx_for_client_metrics() -> None:
+def test_traces_none_keeps_httpx_propagating() -> None:
     report = diagnose(env={"OTEL_TRACES_EXPORTER": "none"}, network=False)
 
     assert line_of(report, RUNS, "httpx") == (
-        "httpx: client request metrics only: traces exporter is none"
+        "httpx: outgoing calls carry traceparent; their spans are not exported (traces none)"
     )
 
 
@@ -261,14 +261,16 @@ def test_traces_and_metrics_none() -> None:
     assert line_of(report, SKIPPED, "sqlalchemy") == (
         "sqlalchemy: traces and metrics exporters are none"
     )
-    assert line_of(report, SKIPPED, "httpx") == "httpx: traces and metrics exporters are none"
+    assert line_of(report, RUNS, "httpx") == (
+        "httpx: outgoing calls carry traceparent; their spans are not exported (traces none)"
+    )
     assert line_of(report, SKIPPED, "runtime metrics") == (
         "runtime metrics: metrics exporter is none"
     )
     # The request-id middleware and error handlers are still installed.
     assert line_of(report, RUNS, "fastapi") == (
-        f"fastapi: FastAPI {version('fastapi')}, native telemetry; request ids and error bodies "
-        "only: traces and metrics exporters are none"
+        f"fastapi: FastAPI {version('fastapi')}, native telemetry; request ids, trace context "
+        "and error bodies only: traces and metrics exporters are none"
     )
 
 

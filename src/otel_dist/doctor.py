@@ -145,7 +145,10 @@ def _fastapi(settings: Settings) -> _Verdict:
         why += " (OTEL_DIST_HTTP_INSTRUMENTATION=native, but this FastAPI has none)"
     if not (_exports(settings, "traces") or _exports(settings, "metrics")):
         # telemetry.py still adds the middleware and error handlers.
-        why += "; request ids and error bodies only: traces and metrics exporters are none"
+        why += (
+            "; request ids, trace context and error bodies only: traces and metrics exporters "
+            "are none"
+        )
     return True, why
 
 
@@ -186,11 +189,10 @@ def _logging(settings: Settings) -> _Verdict:
 def _httpx(settings: Settings) -> _Verdict:
     if _installed("httpx") is None:
         return False, "httpx not installed"
+    # The trace context is propagated whatever is exported (telemetry.py).
     if _exports(settings, "traces"):
         return True, "outgoing calls carry traceparent"
-    if _exports(settings, "metrics"):
-        return True, "client request metrics only: traces exporter is none"
-    return False, "traces and metrics exporters are none"
+    return True, "outgoing calls carry traceparent; their spans are not exported (traces none)"
 
 
 def _runtime_metrics(settings: Settings) -> _Verdict:

@@ -262,11 +262,14 @@ def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
     if not telemetry.settings.instrumentation_enabled("sqlalchemy"):
         telemetry.skipped["sqlalchemy"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
         return
-    if providers.tracer_provider is None and providers.meter_provider is None:
+    traced = telemetry.settings.exporter("traces") != "none"
+    if not traced and providers.meter_provider is None:
         telemetry.skipped["sqlalchemy"] = "traces and metrics are both off"
         return
+    # Statement spans nobody exports would only cost time: the request's span stays current.
+    tracer_provider = providers.tracer_provider if traced else None
     telemetry._sqlalchemy = instrument_sqlalchemy(
-        tracer_provider=providers.tracer_provider or trace.NoOpTracerProvider(),
+        tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
         meter_provider=providers.meter_provider or metrics.NoOpMeterProvider(),
         engines=engines,
         sqlcommenter=telemetry.settings.sqlcommenter,
