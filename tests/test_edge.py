@@ -11,7 +11,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_dist.edge import LINK_ATTRIBUTES, UntrustedEdgePropagator
+from otel_dist.edge import LINK_ATTRIBUTES, OneTraceparentOnly, UntrustedEdgePropagator
 from otel_dist.sink import OtlpSink, SpanRecord
 from support.servers import PID_APP, REPO_ROOT, ServerProcess, free_port, pid_app_env, venv_bin
 
@@ -34,6 +34,36 @@ def test_untrusted_extract_keeps_no_parent_and_no_baggage():
 def test_untrusted_extract_of_garbage_is_the_plain_context():
     propagator = UntrustedEdgePropagator(W3C)
     assert propagator.extract({"traceparent": "00-zz-yy-01"}) == propagator.extract({})
+    assert propagator.fields == W3C.fields
+
+
+def _asgi_scope(*headers: tuple[str, str]) -> dict[str, object]:
+    return {"headers": [(k.encode(), v.encode()) for k, v in headers]}
+
+
+@pytest.mark.parametrize(
+    "second", [HEADERS["traceparent"], f"00-{CALLER_TRACE}-{'1' * 16}-01"], ids=["same", "other"]
+)
+def test_two_traceparent_lines_are_no_parent_whatever_the_getter(second: str):
+    # The contrib ASGI middleware's getter: the contrib mode extracts with it.
+    from opentelemetry.instrumentation.asgi import asgi_getter  # noqa: PLC0415
+
+    propagator = OneTraceparentOnly(W3C)
+    one = _asgi_scope(("traceparent", HEADERS["traceparent"]), ("baggage", HEADERS["baggage"]))
+    two = _asgi_scope(
+        ("traceparent", HEADERS["traceparent"]),
+        ("tracestate", "a=1"),
+        ("traceparent", second),
+        ("baggage", HEADERS["baggage"]),
+    )
+    continued = propagator.extract(one, getter=asgi_getter)
+    assert trace.get_current_span(continued).get_span_context().trace_id == int(CALLER_TRACE, 16)
+    restarted = propagator.extract(two, getter=asgi_getter)
+    assert not trace.get_current_span(restarted).get_span_context().is_valid
+    assert baggage.get_all(restarted) == {"tenant": "attacker", "role": "admin"}
+    # A plain dict carrier with a list of lines reads the same.
+    lines = {"traceparent": [HEADERS["traceparent"], second]}
+    assert not trace.get_current_span(propagator.extract(lines)).get_span_context().is_valid
     assert propagator.fields == W3C.fields
 
 

@@ -6,7 +6,8 @@ Trace Context Level 1 text and Level 2's random-trace-id flag: a valid ``tracepa
 continued (same trace id, our own parent id, the sampled flag honoured, ``tracestate`` passed on
 unchanged); an invalid one, or two of them, starts a new trace and drops ``tracestate``; an
 invalid ``tracestate`` is dropped while the trace continues. Every case runs both ways in, with
-traces exported (checked at a real OTLP sink) and with ``OTEL_TRACES_EXPORTER=none``.
+traces exported (checked at a real OTLP sink) and with ``OTEL_TRACES_EXPORTER=none``, and once
+more with the contrib ASGI middleware in place of FastAPI's native telemetry.
 """
 
 from __future__ import annotations
@@ -159,12 +160,13 @@ CASES: dict[str, Case] = {
         lambda t, p: [("traceparent", f"ff-{t}-{p}-01"), ("tracestate", "foo=1")]
     ),
 }
-# (way in, traces exported)
+# (way in, traces exported, HTTP instrumentation)
 SERVERS = [
-    ("configure", True),
-    ("configure", False),
-    ("zero-code", True),
-    ("zero-code", False),
+    ("configure", True, "auto"),
+    ("configure", False, "auto"),
+    ("zero-code", True, "auto"),
+    ("zero-code", False, "auto"),
+    ("zero-code", True, "contrib"),  # the contrib middleware extracts with its own getter
 ]
 _paths = itertools.count()
 
@@ -193,7 +195,10 @@ def sink() -> Iterator[OtlpSink]:
 @pytest.fixture(
     scope="module",
     params=SERVERS,
-    ids=[f"{way}, {'exported' if on else 'exporters none'}" for way, on in SERVERS],
+    ids=[
+        f"{way}, {'exported' if on else 'exporters none'}{', contrib' if mode == 'contrib' else ''}"
+        for way, on, mode in SERVERS
+    ],
 )
 def served(
     request: pytest.FixtureRequest,
@@ -201,8 +206,12 @@ def served(
     sink: OtlpSink,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Served]:
-    way, exported = request.param
-    env = {"DOWNSTREAM_URL": recorder.url, "OTEL_METRICS_EXPORTER": "none"}
+    way, exported, mode = request.param
+    env = {
+        "DOWNSTREAM_URL": recorder.url,
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_DIST_HTTP_INSTRUMENTATION": mode,
+    }
     if exported:
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
         env["OTEL_LOGS_EXPORTER"] = "none"
