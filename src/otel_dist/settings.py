@@ -366,8 +366,8 @@ OPTIONS: tuple[Option, ...] = (
         "error_format",
         "OTEL_DIST_ERROR_FORMAT",
         _choice(ERROR_FORMATS),
-        doc='`detail` keeps FastAPI\'s `{"detail": ...}` bodies and adds `trace_id` and '
-        "`request_id`; `problem` answers `application/problem+json` (RFC 9457).",
+        doc='`detail` keeps FastAPI\'s `{"detail": ...}` bodies; `problem` answers '
+        "`application/problem+json` (RFC 9457) for every error.",
     ),
     _opt(
         "error_body_ids",
