@@ -38,6 +38,7 @@ def contract_app(way: str, output_dir: Path, **env: str) -> Iterator[ServerProce
         },
         port=port,
         output_dir=output_dir,
+        ready_timeout=60,  # a busy machine: the launcher's start can take several seconds
     )
     try:
         yield server
