@@ -16,9 +16,13 @@ the app's lifespan shutdown ends with a bounded flush of everything produced unt
 gunicorn stops its workers with SIGQUIT on SIGINT and kills them after its graceful timeout
 without a lifespan shutdown: a SIGQUIT that the worker handles starts the flush at once.
 
-Forked workers (gunicorn) need nothing more: the SDK's batch processors and periodic reader
-re-create their threads in the child through ``os.register_at_fork``, and the exit hooks
-registered in a ``--preload`` master are inherited.
+Forked workers (gunicorn, and any master set up before it forks: zero-code or ``--preload``):
+the SDK's batch processors and periodic reader re-create their threads in the child through
+``os.register_at_fork``, and the exit hooks registered in the master are inherited. The SDK does
+not re-create the locks its metric collection holds, though, so a worker forked while the
+master was collecting would inherit them held by a thread it does not have, and hang on them
+for good (at its first observable instrument, first new measurement or first collection). A
+fork therefore waits for a collection in progress to finish.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import FrameType
 from typing import Any
+
+from opentelemetry.sdk.metrics.export import MetricReader
 
 _log = logging.getLogger("otel_dist.internal")
 
@@ -196,6 +202,62 @@ class FlushWhenServerStops:
             await send(message)
 
         await self.app(scope, receive, send_after_flush)
+
+
+# Held while a metric reader collects; a fork waits for it (at most _FORK_WAIT_S, so that a
+# callback stuck in a collection can delay a fork but never prevent it).
+_collecting = threading.Lock()
+_FORK_WAIT_S = 5.0
+_gate_held_for_fork = False
+_gate_registered = False
+
+
+def _before_fork() -> None:
+    global _gate_held_for_fork  # noqa: PLW0603
+    _gate_held_for_fork = _collecting.acquire(timeout=_FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    global _gate_held_for_fork  # noqa: PLW0603
+    if _gate_held_for_fork:
+        _gate_held_for_fork = False
+        _collecting.release()
+
+
+def _after_fork_in_child() -> None:
+    global _collecting, _gate_held_for_fork  # noqa: PLW0603
+    _collecting = threading.Lock()
+    _gate_held_for_fork = False
+
+
+def _register_fork_gate() -> None:
+    global _gate_registered  # noqa: PLW0603
+    if not _gate_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
+        _gate_registered = True
+
+
+def keep_forks_out_of_collections(reader: MetricReader) -> None:
+    """Make a fork wait while ``reader`` collects (call once its MeterProvider exists).
+
+    Only the collection is covered (the SDK's locks), not the export that follows: a fork never
+    waits for a slow or unreachable collector. The SDK hands each reader its collect callback;
+    we wrap the one it handed.
+    """
+    collect = getattr(reader, "_collect", None)
+    if collect is None:  # pragma: no cover - a future SDK: forks are then as safe as it makes them
+        return
+    _register_fork_gate()
+
+    def collect_between_forks(*args: Any, **kwargs: Any) -> Any:
+        with _collecting:
+            return collect(*args, **kwargs)
+
+    reader._collect = collect_between_forks
 
 
 def refresh_identity_after_fork(providers: Iterable[Any]) -> None:
