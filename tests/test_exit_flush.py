@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ from support.servers import (
     PID_APP,
     REPO_ROOT,
     ServerProcess,
+    clean_env,
     free_port,
     gunicorn_argv,
     start_server,
@@ -324,3 +327,49 @@ def test_stop_flush_in_workers_is_bounded_when_the_collector_hangs(
     budgets = 1 if flushing_processes == spec.workers else 2
     assert elapsed < 2 * budgets + 4, (elapsed, output)
     assert output.count("did not finish within 2.0 s") == flushing_processes, output
+
+
+TEST_CLIENT_SCRIPT = """
+import signal
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from otel_dist import configure
+from otel_dist.sink import OtlpSink
+
+with OtlpSink() as sink:
+    telemetry = configure(otlp_endpoint=sink.endpoint, metrics_exporter="none")
+    app = FastAPI()
+
+    @app.get("/x")
+    def x() -> dict[str, str]:
+        return {}
+
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+    before = [signal.getsignal(s) for s in stop_signals]
+    with TestClient(app) as client:
+        client.get("/x")
+    print("handlers unchanged:", [signal.getsignal(s) for s in stop_signals] == before)
+    print("spans at lifespan end:", len(sink.spans()))
+    telemetry.force_flush()
+    print("spans after force_flush:", len(sink.spans()))
+"""
+
+
+def test_a_test_clients_lifespan_leaves_signals_alone_and_costs_no_flush():
+    # Test suites run the app's lifespan in a test client, often once per test: no process is
+    # stopping there, so nothing may be chained and no flush may wait on the exporter.
+    done = subprocess.run(
+        [sys.executable, "-c", TEST_CLIENT_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=clean_env({}),
+        cwd=REPO_ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "handlers unchanged: True",
+        "spans at lifespan end: 0",
+        "spans after force_flush: 1",
+    ]

@@ -124,7 +124,8 @@ class ExitHooks:
         self._within_budget(self._shutdown, "shutdown")
 
     def _flush_within_budget(self) -> None:
-        self._within_budget(self._flush, "flush")
+        # Part of the process's shutdown, and said so if it runs out of time: one line per exit.
+        self._within_budget(self._flush, "shutdown")
 
     def _within_budget(self, work: Callable[[], Any], what: str) -> None:
         if self._deadline is None:
