@@ -33,6 +33,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import FrameType
 from typing import Any
@@ -242,12 +243,12 @@ def _register_fork_gate() -> None:
         _gate_registered = True
 
 
-def keep_forks_out_of_collections(reader: MetricReader) -> None:
-    """Make a fork wait while ``reader`` collects (call once its MeterProvider exists).
+def make_fork_safe(reader: MetricReader) -> None:
+    """Let a process fork at any moment of ``reader``'s work (call once its MeterProvider exists).
 
-    Only the collection is covered (the SDK's locks), not the export that follows: a fork never
-    waits for a slow or unreachable collector. The SDK hands each reader its collect callback;
-    we wrap the one it handed.
+    A fork waits while the reader collects (the SDK's metric locks), but never for the export
+    that follows, so a slow or unreachable collector never delays a fork. The lock the export
+    holds is renewed in the child instead.
     """
     collect = getattr(reader, "_collect", None)
     if collect is None:  # pragma: no cover - a future SDK: forks are then as safe as it makes them
@@ -259,6 +260,21 @@ def keep_forks_out_of_collections(reader: MetricReader) -> None:
             return collect(*args, **kwargs)
 
     reader._collect = collect_between_forks
+    if hasattr(os, "register_at_fork"):
+        alive = weakref.ref(reader)
+
+        def renew_export_state() -> None:
+            if (still := alive()) is not None:
+                _renew_export_state(still)
+
+        os.register_at_fork(after_in_child=renew_export_state)
+
+
+def _renew_export_state(reader: MetricReader) -> None:
+    # The SDK's periodic reader re-creates its thread after a fork, but not this lock, which it
+    # holds for the whole export: a fork during one left the child unable to export, ever.
+    if hasattr(reader, "_export_lock"):
+        reader._export_lock = threading.Lock()
 
 
 def refresh_identity_after_fork(providers: Iterable[Any]) -> None:

@@ -57,7 +57,7 @@ from otel_dist.export_health import (
     ReportingSpanExporter,
     count_queue_drops,
 )
-from otel_dist.process import keep_forks_out_of_collections
+from otel_dist.process import make_fork_safe
 from otel_dist.scrub import Scrubber
 from otel_dist.settings import BatchSettings, ConfigurationError, OtlpSettings, Settings, Signal
 
@@ -481,7 +481,7 @@ def _meter_provider(
     provider = MeterProvider(
         metric_readers=[reader], resource=resource, views=_views(), shutdown_on_exit=False
     )
-    keep_forks_out_of_collections(reader)
+    make_fork_safe(reader)
     return provider, prometheus
 
 
