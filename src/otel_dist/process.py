@@ -46,6 +46,8 @@ Handler = Callable[[int, FrameType | None], Any]
 _CHAIN_MARK = "_otel_dist_chained"
 # Signals a server handles to stop gracefully: the process ends once the app has shut down.
 _GRACEFUL_STOP = (signal.SIGTERM, signal.SIGINT)
+# gunicorn's "stop now" to its workers (not on Windows).
+_QUICK_STOP = tuple(s for s in (getattr(signal, "SIGQUIT", None),) if s is not None)
 
 
 def run_bounded(work: Callable[[], Any], timeout_s: float, what: str) -> bool:
@@ -104,7 +106,7 @@ class ExitHooks:
         if threading.current_thread() is not threading.main_thread():
             return
         self._handle_sigterm_if_nobody_does()
-        for signum in (*_GRACEFUL_STOP, signal.SIGQUIT):
+        for signum in (*_GRACEFUL_STOP, *_QUICK_STOP):
             current = signal.getsignal(signum)
             if callable(current) and _is_a_server_handler(current, self._on_sigterm):
                 signal.signal(signum, self._chained(current))
@@ -195,12 +197,18 @@ class FlushWhenServerStops:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        self._hooks.watch_server_stop()
+        try:
+            self._hooks.watch_server_stop()
+        except Exception:  # pragma: no cover - defensive: never fail the app's startup
+            _log.exception("otel-dist: could not watch the server's stop signals")
 
         async def send_after_flush(message: Message) -> None:
             # The app's own shutdown code has run: what it produced is in this flush too.
             if message["type"] in _LIFESPAN_SHUTDOWN_DONE:
-                await self._hooks.flush_if_server_stops()
+                try:
+                    await self._hooks.flush_if_server_stops()
+                except Exception:  # pragma: no cover - defensive: never fail the app's shutdown
+                    _log.exception("otel-dist: could not flush at the server's stop")
             await send(message)
 
         await self.app(scope, receive, send_after_flush)
