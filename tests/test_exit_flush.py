@@ -38,7 +38,14 @@ from support.servers import (
     start_server,
     uvicorn_argv,
 )
-from support.traffic import hit, hit_every_worker, request_counts, trace_id_of, wait_for_workers
+from support.traffic import (
+    attempt,
+    hit,
+    hit_every_worker,
+    request_counts,
+    trace_id_of,
+    wait_for_workers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +55,8 @@ WAYS = ["configure", "zero-code"]
 GRACEFUL_TIMEOUT_S = 8
 # Room for the server's own graceful shutdown and our flush on a busy machine.
 STOP_TIMEOUT_S = GRACEFUL_TIMEOUT_S + 5 + 20
+# Servers start side by side on two cores, next to whatever else the machine runs.
+STARTUP_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,9 @@ def _run(cell: Cell) -> Outcome:
     with OtlpSink() as sink:
         port = free_port()
         argv = spec.argv(port, cell.way == "zero-code")
-        proc = start_server(argv, env=_env(sink.endpoint, cell.way), port=port)
+        proc = start_server(
+            argv, env=_env(sink.endpoint, cell.way), port=port, ready_timeout=STARTUP_TIMEOUT_S
+        )
         try:
             wait_for_workers(proc, spec.workers)
             responses = hit_every_worker(
@@ -284,10 +295,15 @@ def test_workers_recycled_by_max_requests_deliver_everything(
     )
     proc = server_factory(argv, env=_env(otlp_sink.endpoint, way), port=port)
     wait_for_workers(proc, 2)
-    # One request at a time: a worker that reached its limit stops accepting before the next.
-    responses = hit(proc.base_url, 16, threads=1, raise_for_status=True)
-    recycled = {r.json()["pid"] for r in responses}
-    assert len(recycled) >= 4, proc.output()  # 16 requests, at most 4 per worker
+    results = attempt(proc.base_url, 16, threads=1)
+    responses = [r for r in results if isinstance(r, httpx.Response)]
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    # uvicorn notices its limit up to 0.1 s late and then closes connections it accepted but
+    # did not read yet: those requests never reached the app, so they produced nothing.
+    refused = [r for r in results if not isinstance(r, httpx.Response)]
+    assert all(isinstance(r, httpx.TransportError) for r in refused), refused
+    assert len(responses) >= 12, proc.output()
+    assert len({r.json()["pid"] for r in responses}) > 2, proc.output()  # workers were recycled
 
     stopped = _stop(proc, signal.SIGTERM)
 
