@@ -21,8 +21,10 @@ the SDK's batch processors and periodic reader re-create their threads in the ch
 ``os.register_at_fork``, and the exit hooks registered in the master are inherited. The SDK does
 not re-create the locks its metric collection holds, though, so a worker forked while the
 master was collecting would inherit them held by a thread it does not have, and hang on them
-for good (at its first observable instrument, first new measurement or first collection). A
-fork therefore waits for a collection in progress to finish.
+for good (at its first observable instrument, first new measurement, first collection or first
+export). A fork therefore waits for a collection in progress to finish, and the child renews
+those locks; a fork never waits for an export, which can take the exporter's whole timeout when
+the collector hangs.
 """
 
 from __future__ import annotations
@@ -254,9 +256,10 @@ def _register_fork_gate() -> None:
 def make_fork_safe(reader: MetricReader) -> None:
     """Let a process fork at any moment of ``reader``'s work (call once its MeterProvider exists).
 
-    A fork waits while the reader collects (the SDK's metric locks), but never for the export
-    that follows, so a slow or unreachable collector never delays a fork. The lock the export
-    holds is renewed in the child instead.
+    A fork waits while the reader collects, but never for the export that follows, so a slow or
+    unreachable collector never delays a fork. Every lock of the reader and of the measurements
+    it collects is renewed in the child: a parent thread may have held one at the fork (the
+    export, or a measurement the exporter records about itself), and a child has no such thread.
     """
     collect = getattr(reader, "_collect", None)
     if collect is None:  # pragma: no cover - a future SDK: forks are then as safe as it makes them
@@ -270,19 +273,39 @@ def make_fork_safe(reader: MetricReader) -> None:
     reader._collect = collect_between_forks
     if hasattr(os, "register_at_fork"):
         alive = weakref.ref(reader)
+        # The SDK hands the reader a bound method of the object that holds every measurement.
+        measurements = getattr(collect, "__self__", None)
 
-        def renew_export_state() -> None:
+        def renew_locks() -> None:
             if (still := alive()) is not None:
-                _renew_export_state(still)
+                _renew_lock(still, "_export_lock")
+            _renew_measurement_locks(measurements)
 
-        os.register_at_fork(after_in_child=renew_export_state)
+        os.register_at_fork(after_in_child=renew_locks)
 
 
-def _renew_export_state(reader: MetricReader) -> None:
-    # The SDK's periodic reader re-creates its thread after a fork, but not this lock, which it
-    # holds for the whole export: a fork during one left the child unable to export, ever.
-    if hasattr(reader, "_export_lock"):
-        reader._export_lock = threading.Lock()
+def _renew_measurement_locks(consumer: Any) -> None:
+    # The SDK's metric state, consumer -> reader storages -> instrument matches -> aggregations
+    # (and their exemplar reservoirs), each with a lock the SDK does not renew after a fork.
+    _renew_lock(consumer, "_lock")
+    for storage in dict(getattr(consumer, "_reader_storages", {})).values():
+        _renew_lock(storage, "_lock")
+        for matches in dict(getattr(storage, "_instrument_view_instrument_matches", {})).values():
+            for match in matches:
+                _renew_lock(match, "_lock")
+                for aggregation in dict(getattr(match, "_attributes_aggregation", {})).values():
+                    _renew_lock(aggregation, "_lock")
+                    _renew_lock(getattr(aggregation, "_reservoir", None), "_lock")
+
+
+_RLOCK_TYPE = type(threading.RLock())
+
+
+def _renew_lock(owner: Any, name: str) -> None:
+    old = getattr(owner, name, None)
+    if old is None or not hasattr(old, "acquire"):
+        return
+    setattr(owner, name, threading.RLock() if isinstance(old, _RLOCK_TYPE) else threading.Lock())
 
 
 def refresh_identity_after_fork(providers: Iterable[Any]) -> None:
