@@ -1,4 +1,6 @@
-"""Server modes against real servers: Prometheus per worker, uvicorn --reload, an older FastAPI.
+"""Server modes against real servers: Prometheus per worker, an older FastAPI.
+
+uvicorn --reload is in test_exit_flush.py, with what each reload must deliver.
 
 Each test starts uvicorn or gunicorn in a subprocess and asserts only on what leaves it: HTTP
 responses, Prometheus scrapes, and what a real OTLP sink receives.
@@ -6,7 +8,6 @@ responses, Prometheus scrapes, and what a real OTLP sink receives.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -177,59 +178,6 @@ def test_worker_moves_to_the_next_port_when_the_first_is_taken(
         assert scrape.pid == responses[0].json()["pid"]
         assert scrape.pid_requests == len(responses)
         assert _port_is_free(base + 2)
-
-
-@pytest.mark.parametrize("way", ["zero-code", "configure"])
-def test_reload_child_serves_and_exports_server_spans_across_a_reload(
-    way: str, tmp_path: Path, otlp_sink: OtlpSink, server_factory: Factory
-):
-    watched = tmp_path / "watched"
-    watched.mkdir()
-    source = watched / "edit_me.py"
-    source.write_text("VERSION = 1\n")
-    port = free_port()
-    zero_code = way == "zero-code"
-    extra = {} if zero_code else {"PID_APP_MODE": "configure"}
-    proc = server_factory(
-        uvicorn_argv(APP, port, "--reload", "--reload-dir", str(watched), zero_code=zero_code),
-        env=pid_app_env(otlp_sink.endpoint, **extra),
-        port=port,
-        cwd=ROOT,
-    )
-    first = _hit(proc.base_url, 3)
-    [first_pid] = {r.json()["pid"] for r in first}
-    assert first_pid != proc.process.pid  # served by the reloader's child, not the reloader
-
-    # A change in the watched directory makes the reloader start a new child, which must set
-    # telemetry up again on its own.
-    source.write_text("VERSION = 2\n")
-    later = time.time() + 5
-    os.utime(source, (later, later))
-    responses = list(first)
-    new_pids: set[int] = set()
-    deadline = time.monotonic() + 10
-    while not new_pids and time.monotonic() < deadline:
-        time.sleep(0.1)
-        with contextlib.suppress(httpx.HTTPError):  # the reloader is between children
-            # Some of these may still reach the old child, before it stops: they count too.
-            responses += _hit(proc.base_url, 3)
-        new_pids = {r.json()["pid"] for r in responses} - {first_pid}
-    [second_pid] = new_pids
-    assert second_pid != proc.process.pid, proc.output()
-
-    traces = {trace_id_of(r): r.json()["pid"] for r in responses}
-
-    def server_spans(sink: OtlpSink) -> dict[str, tuple[str, str, int]]:
-        return {
-            s.trace_id: (s.name, s.attributes["http.route"], s.attributes["test.pid"])
-            for s in sink.spans()
-            if s.kind == "SERVER" and s.trace_id in traces
-        }
-
-    assert otlp_sink.wait_for(lambda s: len(server_spans(s)) == len(traces), timeout=10), (
-        proc.output()
-    )
-    assert server_spans(otlp_sink) == {t: ("GET /pid", "/pid", pid) for t, pid in traces.items()}
 
 
 OLD_FASTAPI = "0.115.14"

@@ -24,8 +24,10 @@ switches on; this module does not duplicate them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -76,6 +78,7 @@ class ExportHealth:
         self._clock = clock
         self._report = report
         self._lock = threading.Lock()
+        _new_lock_in_forked_children(self)
         self.dropped: dict[Signal, int] = {"traces": 0, "logs": 0, "metrics": 0}
         self._outage_dropped: dict[Signal, int] = dict(self.dropped)
         self._failing_since: float | None = None
@@ -145,6 +148,20 @@ class ExportHealth:
         self._recovered_at = self._clock()
         self._outage_dropped = {"traces": 0, "logs": 0, "metrics": 0}
         self.last_reason = ""
+
+
+def _new_lock_in_forked_children(health: ExportHealth) -> None:
+    # Every export thread takes this lock; a worker forked while its master held it would find
+    # it held for good, and its next export would hang.
+    if not hasattr(os, "register_at_fork"):
+        return
+    alive = weakref.ref(health)
+
+    def replace_lock() -> None:
+        if (still := alive()) is not None:
+            still._lock = threading.Lock()
+
+    os.register_at_fork(after_in_child=replace_lock)
 
 
 def _totals(counts: dict[Signal, int]) -> str:

@@ -23,6 +23,7 @@ import fastapi
 from otel_dist.errors import install_error_handlers
 from otel_dist.http_server import ServerTelemetry
 from otel_dist.middleware import TelemetryMiddleware, insert_inside_server_span
+from otel_dist.process import ExitHooks, FlushWhenServerStops
 from otel_dist.sdk import Providers
 from otel_dist.settings import Settings
 
@@ -96,6 +97,7 @@ class FastAPIInstrumentation:
     settings: Settings
     providers: Providers
     mode: str
+    exit_hooks: ExitHooks | None = None
     _original_init: Any = None
     # Shared by every app instrumented with these providers: one set of instruments.
     _server: ServerTelemetry | None = field(default=None, init=False)
@@ -144,6 +146,7 @@ class FastAPIInstrumentation:
         settings = self.settings
         prometheus = self.providers.prometheus
         server = self._server if self.mode == "native" else None
+        exit_hooks = self.exit_hooks
 
         def make(inner: Any) -> TelemetryMiddleware:
             return TelemetryMiddleware(
@@ -158,7 +161,8 @@ class FastAPIInstrumentation:
                 # Starlette builds the stack on the app's first ASGI call: this process serves
                 # the app, so it gets a scrape endpoint (not a supervisor or --preload master).
                 prometheus.serve()
-            return insert_inside_server_span(original(), make)
+            stack = insert_inside_server_span(original(), make)
+            return stack if exit_hooks is None else FlushWhenServerStops(stack, exit_hooks)
 
         app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
         if app.middleware_stack is not None:

@@ -57,6 +57,7 @@ from otel_dist.export_health import (
     ReportingSpanExporter,
     count_queue_drops,
 )
+from otel_dist.process import make_fork_safe
 from otel_dist.scrub import Scrubber
 from otel_dist.settings import BatchSettings, ConfigurationError, OtlpSettings, Settings, Signal
 
@@ -488,6 +489,7 @@ def _meter_provider(
     provider = MeterProvider(
         metric_readers=[reader], resource=resource, views=_views(), shutdown_on_exit=False
     )
+    make_fork_safe(reader)
     return provider, prometheus
 
 

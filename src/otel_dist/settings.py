@@ -438,7 +438,7 @@ OPTIONS: tuple[Option, ...] = (
         "shutdown_timeout_s",
         "OTEL_DIST_SHUTDOWN_TIMEOUT",
         _positive_float,
-        doc="Seconds the exit/SIGTERM flush may take, even when the collector is down.",
+        doc="Seconds the flush at stop and exit may take in each process, collector down or not.",
     ),
     _opt(
         "export_report_interval_s",

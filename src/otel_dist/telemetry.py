@@ -178,12 +178,14 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
     _summarise_export_failures(telemetry)
     telemetry._extra_uninstrument.append(make_header_warnings_safe())
     refresh_identity_after_fork(telemetry._providers())
+    telemetry._exit_hooks = ExitHooks(
+        telemetry._shutdown_providers, telemetry._flush_all, settings.shutdown_timeout_s
+    )
     _instrument_fastapi(telemetry, app)
     _instrument_sqlalchemy(telemetry, engines)
     _instrument_logs(telemetry, scrubber)
     _instrument_httpx(telemetry)
     _instrument_runtime(telemetry)
-    telemetry._exit_hooks = ExitHooks(telemetry._shutdown_providers, settings.shutdown_timeout_s)
     telemetry._exit_hooks.install()
     _log.debug("otel-dist: instrumented %s; skipped %s", telemetry.instrumented, telemetry.skipped)
     return telemetry
@@ -249,7 +251,9 @@ def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:
         telemetry.skipped["fastapi"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
         return
     mode = chosen_mode(telemetry.settings)
-    instrumentation = FastAPIInstrumentation(telemetry.settings, telemetry.providers, mode)
+    instrumentation = FastAPIInstrumentation(
+        telemetry.settings, telemetry.providers, mode, telemetry._exit_hooks
+    )
     instrumentation.hook_new_apps()
     if app is not None:
         instrumentation.instrument_app(app)

@@ -2,11 +2,15 @@
 
 ``PID_APP_MODE=configure`` calls ``otel_dist.configure()`` at import (gunicorn ``--preload`` then
 configures in the master, before the fork); otherwise it has no telemetry code (zero-code).
+Its lifespan prints one line per process at startup and at shutdown, so tests can check that
+the server's graceful shutdown still runs the app's own shutdown code.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
@@ -17,7 +21,15 @@ if os.environ.get("PID_APP_MODE") == "configure":
 
     configure()
 
-app = FastAPI()
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    print(f"pid_app: lifespan startup {os.getpid()}", flush=True)
+    yield
+    print(f"pid_app: lifespan shutdown {os.getpid()}", flush=True)
+
+
+app = FastAPI(lifespan=lifespan)
 log = structlog.get_logger("pid_app")
 
 
