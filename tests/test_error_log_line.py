@@ -18,8 +18,8 @@ from support.servers import REPO_ROOT, ServerProcess, free_port, gunicorn_argv, 
 
 pytestmark = pytest.mark.integration
 
-APP = "tests.apps.failing_app:app"
-FAILURE = "RuntimeError: failing_app failed on purpose"
+APP = "tests.apps.tiny_app:app"
+FAILURE = "RuntimeError: tiny_app failed on purpose"
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 SERVERS = {
     "uvicorn": lambda port: uvicorn_argv(APP, port),
@@ -76,7 +76,7 @@ def test_the_server_line_stays_when_the_app_silenced_ours(
     server_factory: Callable[..., ServerProcess],
 ):
     port = free_port()
-    env = _env(FAILING_APP_SILENCE_ERRORS="1")
+    env = _env(TINY_APP_SILENCE_ERRORS="1")
     server = server_factory(SERVERS["uvicorn"](port), env=env, port=port, ready_timeout=60)
     _, output = _fail_and_read_output(server)
     assert "unhandled exception" not in output
