@@ -25,7 +25,7 @@ dist: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
-## make test: everything CI runs.
+## make test: lint, types, unit + integration tests. CI (.ci/run) also runs make e2e and make faults-ci.
 test: lint typecheck unit test-sqlalchemy-2.0
 
 lint: $(STAMP)
