@@ -25,6 +25,8 @@ SERVERS = {
     "uvicorn": lambda port: uvicorn_argv(APP, port),
     "gunicorn": lambda port: gunicorn_argv(APP, port, "-w", "1", zero_code=True),
 }
+# The server span from FastAPI's native telemetry (the default here) or the contrib middleware.
+HTTP_INSTRUMENTATIONS = ("native", "contrib")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -49,12 +51,14 @@ def _fail_and_read_output(server: ServerProcess) -> tuple[httpx.Response, str]:
     return response, server.output()
 
 
+@pytest.mark.parametrize("http", HTTP_INSTRUMENTATIONS)
 @pytest.mark.parametrize("server_name", list(SERVERS))
 def test_one_error_line_with_the_response_ids(
-    server_name: str, server_factory: Callable[..., ServerProcess]
+    server_name: str, http: str, server_factory: Callable[..., ServerProcess]
 ):
     port = free_port()
-    server = server_factory(SERVERS[server_name](port), env=_env(), port=port, ready_timeout=60)
+    env = _env(OTEL_DIST_HTTP_INSTRUMENTATION=http)
+    server = server_factory(SERVERS[server_name](port), env=env, port=port, ready_timeout=60)
     response, output = _fail_and_read_output(server)
     trace_id, span_id = TRACEPARENT.fullmatch(response.headers["traceresponse"]).groups()
     request_id = response.headers["x-request-id"]

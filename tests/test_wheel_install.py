@@ -129,6 +129,7 @@ def test_the_installed_wheel_serves_an_app_zero_code(
             return any(span.trace_id == trace_id for span in s.spans())
 
         assert sink.wait_for(arrived, timeout=60), server.output()
+        server.stop()  # while the sink still answers its exit flush
     (span,) = [s for s in sink.spans() if s.trace_id == trace_id and s.kind == "SERVER"]
     assert span.name == "GET /hello"
     assert span.resource["service.name"] == "wheel-app"
