@@ -80,4 +80,4 @@ faults-ci: $(STAMP)
 	OTEL_DIST_FAULTS=ci $(VENV)/bin/pytest -q -s -m faults
 
 clean:
-	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache dist
