@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
 SA20 := .cache/sqlalchemy-2.0
 
-.PHONY: install demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci clean
+.PHONY: install dist demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## make dist: the sdist and the wheel in dist/, built by the PEP 517 front end (`python -m build`).
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
 ## make demo: the example shop, instrumented, on SQLite, printing its telemetry as it arrives.
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
-## make test: everything CI runs.
+## make test: lint, types, unit + integration tests. CI (.ci/run) also runs make e2e and make faults-ci.
 test: lint typecheck unit test-sqlalchemy-2.0
 
 lint: $(STAMP)
@@ -75,4 +80,4 @@ faults-ci: $(STAMP)
 	OTEL_DIST_FAULTS=ci $(VENV)/bin/pytest -q -s -m faults
 
 clean:
-	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache dist

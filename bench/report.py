@@ -402,7 +402,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     if targets:
         lines += [
             "",
-            "Targets (issue 4):",
+            "Targets:",
             "",
             "| target | " + " | ".join(OURS) + " |",
             "|---|---|---|",

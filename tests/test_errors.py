@@ -317,12 +317,24 @@ def test_unhandled_exception_is_generic_500_with_ids_and_logged(instrument, capl
     assert len(records) == 1
     record = records[0]
     assert record.levelno == logging.ERROR
-    assert record.getMessage() == "unhandled exception: GET /fail"
+    span_id = result.response.headers["traceresponse"].split("-")[2]
+    assert record.getMessage() == (
+        f"unhandled exception: GET /fail trace_id={result.trace_id} span_id={span_id} "
+        f"request_id={result.ids['request_id']}"
+    )
     assert record.exc_info is not None
     assert record.exc_info[0] is RuntimeError
     assert str(record.exc_info[1]) == FAILURE
     # Logged while the request span is current, so log correlation can stamp its trace id.
     assert seen == [result.trace_id]
+
+
+def test_unhandled_exception_log_names_no_ids_when_log_correlation_is_off(instrument, caplog):
+    with caplog.at_level(logging.ERROR, logger="otel_dist.errors"):
+        result = instrument(log_correlation=False).get("/fail")
+    assert result.response.status_code == 500
+    records = [r for r in caplog.records if r.name == "otel_dist.errors"]
+    assert [r.getMessage() for r in records] == ["unhandled exception: GET /fail"]
 
 
 # --- problem+json ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The shop service, with no telemetry code at all.
 
 Run it zero-code: ``opentelemetry-instrument uvicorn examples.shop.service:app``; or see
-``main.py`` for the same service set up with ``otel_dist.telemetry()``.
+``main.py`` for the same service set up with ``otel_dist.configure()``.
 
 Items CRUD over SQLAlchemy (SQLite file by default, ``DATABASE_URL`` for Postgres), a slow query,
 an endpoint that fails, an outgoing HTTP call, structlog logging and health endpoints.

@@ -7,9 +7,14 @@ metrics and logs that line up, with the trace id in structlog output and in ever
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:
+    # pyproject.toml holds the version; the installed metadata carries it here.
+    __version__ = version("otel-dist")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from otel_dist.errors import error_ids

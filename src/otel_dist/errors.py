@@ -9,10 +9,16 @@ to those too, ``none`` to no body. ``problem`` answers RFC 9457 ``application/pr
 every error: those bodies are otel-dist's own, so they carry the ids unless ``none``. A 500 never
 shows the exception unless ``debug_errors`` is on. Only FastAPI's *default* handlers are
 replaced: an app's own handlers stay, and can add the ids with one call to ``error_ids()``.
+
+An unhandled exception is logged once, on ``otel_dist.errors``: ``unhandled exception: GET
+/path trace_id=... span_id=... request_id=...`` and the traceback. uvicorn's own "Exception in
+ASGI application" record of that same exception (standalone or under gunicorn's
+``UvicornWorker``) is dropped; every other server line stays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -25,7 +31,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.utils import is_body_allowed_for_status_code
 from opentelemetry import trace
-from opentelemetry.trace import format_trace_id
+from opentelemetry.trace import format_span_id, format_trace_id
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -37,6 +43,11 @@ PROBLEM_JSON = "application/problem+json"
 # The app-facing logger for unhandled exceptions: its records carry the trace context, reach the
 # app's own log handlers (stdout) and the OTLP log export.
 error_log = logging.getLogger("otel_dist.errors")
+# uvicorn (standalone or as gunicorn's UvicornWorker) logs every exception that leaves the app on
+# this logger; Starlette re-raises past our handler, so the same traceback came again, with no id.
+SERVER_ERROR_LOGGER = "uvicorn.error"
+# Set on an exception once ``error_log`` recorded it: the server's record of it is a duplicate.
+_LOGGED_MARK = "_otel_dist_logged"
 
 Handler = Callable[[Request, Any], Awaitable[Response]]
 
@@ -70,6 +81,7 @@ class _ErrorBodies:
         # wrote: only when asked to (ids in them, or the problem format).
         self.replaces_app_bodies = self.problem or settings.error_body_ids == "all"
         self.ids_in_app_bodies = self.replaces_app_bodies and self.ids_in_unhandled
+        self.ids_in_log = settings.log_correlation
 
     def respond(
         self,
@@ -120,9 +132,7 @@ class _ErrorBodies:
         )
 
     async def unhandled(self, request: Request, exc: Exception) -> Response:
-        error_log.error(
-            "unhandled exception: %s %s", request.method, request.url.path, exc_info=exc
-        )
+        _log_unhandled(request, exc, with_ids=self.ids_in_log)
         extra: dict[str, Any] = {}
         if self.debug:
             extra["exception"] = f"{type(exc).__name__}: {exc}"
@@ -132,6 +142,58 @@ class _ErrorBodies:
         return self.respond(
             request, 500, "Internal Server Error", extra=extra, with_ids=self.ids_in_unhandled
         )
+
+
+def _log_unhandled(request: Request, exc: Exception, *, with_ids: bool) -> None:
+    """One error line for the exception: method, path, the ids in its text, the traceback.
+
+    The ids are written into the message itself so they show whatever the log format is (the
+    record attributes carry them too). The exception is then marked so the server's own record
+    of it is dropped, but only when this line was really emitted: nothing is lost if the app
+    silenced ``otel_dist.errors``.
+    """
+    ids = _log_ids(request) if with_ids else ""
+    error_log.error(
+        "unhandled exception: %s %s%s", request.method, request.url.path, ids, exc_info=exc
+    )
+    if error_log.isEnabledFor(logging.ERROR):
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(exc, _LOGGED_MARK, True)
+
+
+def _log_ids(request: Request) -> str:
+    ids = error_ids(request)
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        ids["span_id"] = format_span_id(context.span_id)
+    order = ("trace_id", "span_id", "request_id")
+    return "".join(f" {name}={ids[name]}" for name in order if name in ids)
+
+
+class _SkipLoggedExceptions(logging.Filter):
+    """Drops the server's record of an exception ``error_log`` already logged with its ids."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not getattr(exc, _LOGGED_MARK, False)
+
+
+_skip_logged_exceptions = _SkipLoggedExceptions()
+
+
+def drop_server_duplicates() -> None:
+    """Keep the server from logging again an exception our handler logged (idempotent).
+
+    Only records carrying an exception we marked are dropped: every other server line stays.
+    """
+    server_log = logging.getLogger(SERVER_ERROR_LOGGER)
+    if _skip_logged_exceptions not in server_log.filters:
+        server_log.addFilter(_skip_logged_exceptions)
+
+
+def keep_server_duplicates() -> None:
+    """Undo ``drop_server_duplicates``."""
+    logging.getLogger(SERVER_ERROR_LOGGER).removeFilter(_skip_logged_exceptions)
 
 
 def _phrase(status: int) -> str:
@@ -154,6 +216,7 @@ def install_error_handlers(app: FastAPI, settings: Settings) -> list[str]:
     if 500 not in handlers and Exception not in handlers:
         handlers[Exception] = bodies.unhandled
         installed.append("Exception")
+        drop_server_duplicates()
     return installed
 
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import fastapi
 
-from otel_dist.errors import install_error_handlers
+from otel_dist.errors import install_error_handlers, keep_server_duplicates
 from otel_dist.http_server import ServerTelemetry
 from otel_dist.middleware import TelemetryMiddleware, insert_inside_server_span
 from otel_dist.process import ExitHooks, FlushWhenServerStops
@@ -187,7 +187,8 @@ class FastAPIInstrumentation:
         fastapi.FastAPI.__init__ = init  # type: ignore[method-assign,assignment]
 
     def unhook(self) -> None:
-        """Stop instrumenting new apps."""
+        """Stop instrumenting new apps; the server logs every unhandled exception again."""
+        keep_server_duplicates()
         if self._original_init is not None:
             fastapi.FastAPI.__init__ = self._original_init  # type: ignore[method-assign]
             self._original_init = None
