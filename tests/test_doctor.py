@@ -166,7 +166,7 @@ def test_clean_environment_has_no_problems() -> None:
     assert report.problems == []
     assert report.render().endswith("\n\nno problems found")
     assert section(report, "distros and configurators") == ["otel_dist only: no conflict"]
-    assert "service.name = (OTEL_SERVICE_NAME unset: unknown_service)" in section(
+    assert "service.name = (OTEL_SERVICE_NAME unset: unknown_service:python)" in section(
         report, "settings (secrets masked)"
     )
 

@@ -102,7 +102,7 @@ def _installed(dist: str) -> str | None:
 
 def _settings_lines(settings: Settings) -> list[str]:
     lines = [
-        f"service.name = {settings.service_name or '(OTEL_SERVICE_NAME unset: unknown_service)'}",
+        f"service.name = {settings.service_name or '(OTEL_SERVICE_NAME unset: unknown_service:python)'}",
         f"exporters: traces={settings.exporter('traces')} metrics={settings.exporter('metrics')} "
         f"logs={settings.exporter('logs')}",
         f"sampler = {settings.sampler} (arg {settings.sampler_arg})",
