@@ -101,8 +101,9 @@ def _installed(dist: str) -> str | None:
 
 
 def _settings_lines(settings: Settings) -> list[str]:
+    unset_name = "(OTEL_SERVICE_NAME unset: unknown_service:python)"
     lines = [
-        f"service.name = {settings.service_name or '(OTEL_SERVICE_NAME unset: unknown_service:python)'}",
+        f"service.name = {settings.service_name or unset_name}",
         f"exporters: traces={settings.exporter('traces')} metrics={settings.exporter('metrics')} "
         f"logs={settings.exporter('logs')}",
         f"sampler = {settings.sampler} (arg {settings.sampler_arg})",
