@@ -438,7 +438,7 @@ class LocalStack:
                 start_new_session=True,
             )
         self._processes[service.name] = process
-        self._say(f"{service.name:<10} started (pid {process.pid})")
+        self._say(f"{service.name:<12} started (pid {process.pid})")
 
     def _wait_ready(self, service: Service) -> None:
         process = self._processes[service.name]
@@ -451,7 +451,7 @@ class LocalStack:
                     f"\n{_tail(self.log_path(service.name))}"
                 )
             if _http_ok(service.ready_url):
-                self._say(f"{service.name:<10} ready in {time.monotonic() - started:.1f}s")
+                self._say(f"{service.name:<12} ready in {time.monotonic() - started:.1f}s")
                 return
             time.sleep(POLL_S)
         raise StackError(
@@ -516,12 +516,12 @@ def _terminate(pid: int, say: Callable[[str], object], name: str) -> None:
     deadline = time.monotonic() + STOP_GRACE_S
     while time.monotonic() < deadline:
         if not _alive(pid):
-            say(f"{name:<10} stopped")
+            say(f"{name:<12} stopped")
             return
         time.sleep(POLL_S)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    say(f"{name:<10} killed after {STOP_GRACE_S:.0f}s")
+    say(f"{name:<12} killed after {STOP_GRACE_S:.0f}s")
 
 
 def _owned_by_state(pid: int, argv0: str) -> bool:
@@ -596,7 +596,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         ready = running and _http_ok(str(urls.get(name, "")))
         healthy = healthy and ready
         status = "ready" if ready else ("running, not ready" if running else "stopped")
-        print(f"  {name:<10} pid {pid:<8} {status}")
+        print(f"  {name:<12} pid {pid:<8} {status}")
     return 0 if healthy else 1
 
 
@@ -606,7 +606,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         if _owned_by_state(pid, argv0):
             _terminate(pid, print, name)
         else:
-            print(f"{name:<10} not running")
+            print(f"{name:<12} not running")
     if CURRENT.is_symlink() and CURRENT.resolve() == directory.resolve():
         CURRENT.unlink()
     return 0

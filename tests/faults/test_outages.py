@@ -181,8 +181,7 @@ def _wait_for_traces(
 
 
 def _log_trace_ids(backends: Backends, shop: Shop) -> list[str]:
-    """The trace id of every "item fetched" line VictoriaLogs has for the shop (repeats
-    included)."""
+    """The trace id of every "item fetched" line in VictoriaLogs for the shop, repeats too."""
     entries = backends.logsql(
         f"service.name:={logsql_string(shop.service)} AND {logsql_string(LOG_LINE)}"
         " | fields trace_id",
