@@ -11,7 +11,7 @@ run takes seconds.
 
 Usage::
 
-    python stack/build.py                      # build whatever is missing
+    python stack/build.py                        # build whatever is missing
     python stack/build.py --only otelcol jaeger  # a subset
     python stack/build.py --print-paths          # name=/abs/path lines for other scripts
     python stack/build.py --print-plan           # name version module@version, nothing built
@@ -19,9 +19,9 @@ Usage::
 The cache root can be moved with ``OTEL_DIST_STACK_CACHE`` (e.g. to time a cold build beside a
 warm cache). Concurrent runs take a per-component lock, so each component is built once.
 
-Source comes only from the Go module proxy (``go mod download``), never a git clone. Go's output
-goes to ``<name>-<version>/build.log``; on failure its last lines are printed and the exit status
-is non-zero.
+Source comes only from the Go module proxy (``go mod download``, ``go install module@version``),
+never a git clone. Go's output goes to ``<name>-<version>/build.log``; on failure its last lines
+are printed and the exit status is non-zero.
 """
 
 from __future__ import annotations

@@ -244,11 +244,7 @@ def collector_service(
     ports: Ports,
     collector_env: Mapping[str, str] | None = None,
 ) -> Service:
-    """Our collector on ``collector/config.yaml``.
-
-    ``collector_env`` adds or overrides variables: e.g. the Tempo and Loki exporters and their
-    endpoints, to test those routes.
-    """
+    """Our collector on ``collector/config.yaml``; ``collector_env`` adds or overrides variables."""
     return Service(
         "otelcol",
         (str(paths["otelcol"]), f"--config={COLLECTOR_CONFIG}"),
