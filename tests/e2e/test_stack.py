@@ -191,11 +191,20 @@ def _trace_id(response: httpx.Response) -> str:
     return str(response.json()["trace_id"])
 
 
+SERVER_AND_CLIENT = {"SPAN_KIND_SERVER", "SPAN_KIND_CLIENT"}
+
+
+def _with_kinds(spans: list[dict[str, Any]], kinds: set[str]) -> list[dict[str, Any]]:
+    """``spans`` once they hold a span of each of ``kinds``, else [] (a trace still arriving)."""
+    return spans if kinds <= {span["kind"] for span in spans} else []
+
+
 def test_500_trace_is_in_the_trace_backend_with_its_db_span(run: Run):
     failure = run.failures[0]
     assert failure.status_code == 500
     trace_id = _trace_id(failure)
-    spans = eventually(lambda: run.backends.trace(trace_id))
+    # The database span ends, and may be exported, a batch before the server span: wait for both.
+    spans = eventually(lambda: _with_kinds(run.backends.trace(trace_id), SERVER_AND_CLIENT))
     server = [s for s in spans if s.get("kind") == "SPAN_KIND_SERVER"]
     assert [s["name"] for s in server] == ["GET /fail"]
     db = [s for s in spans if s.get("kind") == "SPAN_KIND_CLIENT"]
@@ -207,13 +216,16 @@ def test_500_trace_is_in_the_trace_backend_with_its_db_span(run: Run):
 def test_log_store_has_the_request_logs_by_trace_id_with_the_stack_trace(run: Run):
     """What Grafana's "Logs for this span" asks Loki, asked of VictoriaLogs in LogsQL."""
     trace_id = _trace_id(run.failures[0])
-    entries = eventually(
-        lambda: run.backends.logsql(f'service.name:="shop" AND trace_id:="{trace_id}"')
-    )
-    bodies = [entry["_msg"] for entry in entries]
-    assert any("about to fail" in body for body in bodies), bodies
+    query = f'service.name:="shop" AND trace_id:="{trace_id}"'
+
+    def both_lines() -> list[dict[str, str]]:
+        # The handler's line and the error handler's come in separate batches, at times.
+        entries = run.backends.logsql(query)
+        bodies = " ".join(entry["_msg"] for entry in entries)
+        return entries if "about to fail" in bodies and "unhandled exception" in bodies else []
+
+    entries = eventually(both_lines)
     errors = [entry for entry in entries if "unhandled exception" in entry["_msg"]]
-    assert errors, bodies
     assert "the shop failed on purpose" in errors[0].get("exception.stacktrace", ""), errors[0]
     assert errors[0]["severity_text"] == "ERROR", errors[0]
 
