@@ -113,17 +113,15 @@ def _start_stand_in(otelcol: Path, workdir: Path, sink: OtlpSink) -> tuple[Serve
 def _start_collector(
     otelcol: Path, workdir: Path, tempo: int, loki: int
 ) -> tuple[ServerProcess, str, str]:
-    """Our collector with compose's exporters; returns it, its OTLP/HTTP URL and metrics URL."""
-    ports = {name: free_port() for name in ("grpc", "http", "health", "metrics", "pprof")}
+    """Our collector with compose's exporters; returns it, its OTLP/HTTP URL and metrics URL.
+
+    Addresses as the local stack sets them (stack/run.py), on free ports; then the routes of
+    docker-compose.yml (the config's defaults, named here) pointed at the stand-in.
+    """
+    stack = load_stack_module()
+    ports = stack.Ports.free()
     env = {
-        "OTELCOL_LISTEN_HOST": "127.0.0.1",
-        "OTELCOL_OTLP_GRPC_PORT": str(ports["grpc"]),
-        "OTELCOL_OTLP_HTTP_PORT": str(ports["http"]),
-        "OTELCOL_HEALTH_PORT": str(ports["health"]),
-        "OTELCOL_METRICS_PORT": str(ports["metrics"]),
-        "OTELCOL_PPROF_ENDPOINT": f"127.0.0.1:{ports['pprof']}",
-        "OTELCOL_QUEUE_DIR": str(workdir / "queue"),
-        # docker-compose.yml's routes: the defaults, named explicitly.
+        **stack.collector_env_for(ports, workdir),
         "OTELCOL_TRACES_EXPORTERS": "[otlp_grpc/tempo]",
         "OTELCOL_LOGS_EXPORTERS": "[otlp_http/loki]",
         "OTELCOL_METRICS_EXPORTERS": "[nop]",
@@ -133,13 +131,13 @@ def _start_collector(
     process = start_server(
         [str(otelcol), f"--config={COLLECTOR_CONFIG}"],
         env=env,
-        port=ports["health"],
+        port=ports.collector_health,
         ready_path="/",
         ready_timeout=READY_TIMEOUT_S,
         output_dir=workdir,
     )
-    metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
-    return process, f"http://127.0.0.1:{ports['http']}", metrics
+    metrics = f"http://127.0.0.1:{ports.collector_metrics}/metrics"
+    return process, f"http://127.0.0.1:{ports.otlp_http}", metrics
 
 
 def _send_requests(shop: ServerProcess) -> list[str]:
