@@ -1,30 +1,27 @@
 """Build the local stack's binaries from source with Go, and cache them; no Docker needed.
 
 Components: ``otelcol`` (our OCB distribution, ``collector/builder-config.yaml``), ``prometheus``
-(with ``promtool``), ``tempo``, ``jaeger`` and ``loki``, at the versions pinned in
-``stack/versions.env``.
+(with ``promtool``), ``jaeger`` (v2, the trace store) and ``victorialogs`` (the log store), at
+the versions pinned in ``stack/versions.env``. Loki, Tempo and Grafana are not built: the module
+list marks them not-to-use (AGPL); docker-compose.yml runs their images instead.
 
-Tempo is optional: when the Go module proxy refuses its source (403 "not available"), the build
-says so and goes on, ``--print-paths`` leaves it out and ``stack/run.py`` stores traces in Jaeger
-v2 instead. ``TEMPO_BIN=/path/to/tempo`` uses a Tempo release binary you downloaded instead of
-building one; it must answer ``--version``.
 Each lands in ``~/.cache/otel-dist-stack/<name>-<version>/bin/``; a component whose binaries are
 there, answer ``--version`` and were built from the same pinned source is skipped, so a cached
 run takes seconds.
 
 Usage::
 
-    python stack/build.py                      # build whatever is missing
-    python stack/build.py --only otelcol loki  # a subset
-    python stack/build.py --print-paths        # name=/abs/path lines for other scripts
-    TEMPO_BIN=~/bin/tempo python stack/build.py  # use that Tempo, build the rest
+    python stack/build.py                        # build whatever is missing
+    python stack/build.py --only otelcol jaeger  # a subset
+    python stack/build.py --print-paths          # name=/abs/path lines for other scripts
+    python stack/build.py --print-plan           # name version module@version, nothing built
 
 The cache root can be moved with ``OTEL_DIST_STACK_CACHE`` (e.g. to time a cold build beside a
 warm cache). Concurrent runs take a per-component lock, so each component is built once.
 
-Source comes only from the Go module proxy (``go mod download``), never a git clone. Go's output
-goes to ``<name>-<version>/build.log``; on failure its last lines are printed and the exit status
-is non-zero (an unavailable Tempo is reported, not a failure).
+Source comes only from the Go module proxy (``go mod download``, ``go install module@version``),
+never a git clone. Go's output goes to ``<name>-<version>/build.log``; on failure its last lines
+are printed and the exit status is non-zero.
 """
 
 from __future__ import annotations
@@ -65,17 +62,15 @@ CORE_PREFIX = "go.opentelemetry.io/collector/"
 STABLE_PREFIX = "go.opentelemetry.io/collector/confmap/"
 CONTRIB_PREFIX = "github.com/open-telemetry/opentelemetry-collector-contrib/"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
-TEMPO_MODULE = "github.com/grafana/tempo"
-TEMPO_BIN_ENV = "TEMPO_BIN"
 JAEGER_MODULE = "github.com/jaegertracing/jaeger"
-LOKI_MODULE = "github.com/grafana/loki/v3"
-LOKI_PUSH_MODULE = "github.com/grafana/loki/pkg/push"
+VICTORIALOGS_MODULE = "github.com/VictoriaMetrics/VictoriaLogs"
+VICTORIALOGS_MAIN = "app/victoria-logs"
+# VictoriaLogs takes its version string from VictoriaMetrics' buildinfo package.
+VICTORIALOGS_BUILDINFO = "github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo"
 BUILD_USER = "otel-dist"
 # Served by the proxy, but the checksum database (also through the proxy) answers 404 for them,
 # so `go` would refuse them. Exempted one by one; go.sum still records the hash of the zip.
 SUMDB_UNLISTED = (f"{CONTRIB_PREFIX}connector/servicegraphconnector",)
-# What the proxy says for a module it will not serve (Tempo, here).
-PROXY_REFUSALS = ("403 Forbidden", "not available")
 
 REQUIRED_KEYS = (
     "OTELCOL_VERSION",
@@ -84,20 +79,15 @@ REQUIRED_KEYS = (
     "OCB_VERSION",
     "PROMETHEUS_VERSION",
     "PROMETHEUS_GO_VERSION",
-    "TEMPO_VERSION",
-    "TEMPO_COMMIT",
     "JAEGER_VERSION",
     "JAEGER_GO_VERSION",
-    "LOKI_VERSION",
+    "VICTORIALOGS_VERSION",
+    "VICTORIALOGS_GO_VERSION",
 )
 
 
 class BuildError(Exception):
     """A build step failed; the message says which and why."""
-
-
-class SourceUnavailableError(BuildError):
-    """The proxy refuses an optional component's source; the message is go's error."""
 
 
 # --- pinned versions ------------------------------------------------------------------------
@@ -132,8 +122,6 @@ class Component:
     source: str
     binaries: tuple[str, ...]
     build: Callable[[Build], None]
-    # Optional: the stack runs without it, so being unavailable is not a build failure.
-    optional: bool = False
 
     @property
     def home(self) -> Path:
@@ -184,7 +172,9 @@ def _say(name: str, message: str) -> None:
 def _go() -> str:
     go = shutil.which("go")
     if go is None:
-        raise SystemExit("go is not on PATH: install Go 1.26.5 or newer (Loki 3.7.8 needs it)")
+        raise SystemExit(
+            "go is not on PATH: install Go 1.26.5 or newer (VictoriaLogs 1.52.2 needs it)"
+        )
     return go
 
 
@@ -365,7 +355,7 @@ def render_manifest(manifest: str, output_path: Path) -> str:
     return rendered
 
 
-# --- prometheus, tempo, loki -----------------------------------------------------------------
+# --- prometheus, jaeger, victorialogs --------------------------------------------------------
 
 
 def build_prometheus(b: Build) -> None:
@@ -383,25 +373,8 @@ def build_prometheus(b: Build) -> None:
         check_prometheus_ready(b.bin_dir / "prometheus")
 
 
-def build_tempo(b: Build) -> None:
-    """Tempo at its release commit (the module path has no /v3, so tags do not resolve)."""
-    spec = f"{TEMPO_MODULE}@{b.versions['TEMPO_COMMIT']}"
-    try:
-        module_dir = download_module(b, TEMPO_MODULE, b.versions["TEMPO_COMMIT"])
-    except BuildError as error:
-        if any(refusal in str(error) for refusal in PROXY_REFUSALS):
-            go_error = str(error).removeprefix(f"cannot download {spec}: ")
-            raise SourceUnavailableError(go_error) from None
-        raise
-    src = writable_copy(module_dir, b.component.home / "src")
-    ldflags = _xflags(
-        "main", Version=b.versions["TEMPO_VERSION"], Revision=b.versions["TEMPO_COMMIT"][:12]
-    )
-    go_build(b, src, "./cmd/tempo", "tempo", ldflags)
-
-
 def build_jaeger(b: Build) -> None:
-    """Jaeger v2 (``cmd/jaeger``, an OTel-collector-based all-in-one), the stand-in for Tempo.
+    """Jaeger v2 (``cmd/jaeger``, an OTel-collector-based all-in-one), the trace store.
 
     Its module resolves only the v1.x tag of each release (JAEGER_GO_VERSION); the v2 version
     goes into ``jaeger --version``. No UI assets: the HTTP API is what the stack uses.
@@ -415,39 +388,23 @@ def build_jaeger(b: Build) -> None:
     go_build(b, src, "./cmd/jaeger", "jaeger", ldflags)
 
 
-def build_loki(b: Build) -> None:
-    """Loki, with its ``pkg/push`` replace repointed at the proxy's copy of the nested module.
+def build_victorialogs(b: Build) -> None:
+    """VictoriaLogs' single-node server, ``go install``ed from the proxy into the bin dir.
 
-    The module zip leaves out ``vendor/`` and nested modules such as ``pkg/push``, so the
-    ``=> ./pkg/push`` replace would dangle; Loki's go.mod requires a pseudo-version of it too.
+    Its go.mod has no ``replace``, so unlike the others it needs no writable copy of the source.
+    The embedded web UI comes with the module; the stack uses only the HTTP API.
     """
-    module_dir = download_module(b, LOKI_MODULE, f"v{b.versions['LOKI_VERSION']}")
-    src = writable_copy(module_dir, b.component.home / "src")
-    push_version = required_version(src / "go.mod", LOKI_PUSH_MODULE)
-    with b.step(f"repoint replace {LOKI_PUSH_MODULE} => @{push_version}"):
+    spec = f"{VICTORIALOGS_MODULE}/{VICTORIALOGS_MAIN}@{b.versions['VICTORIALOGS_GO_VERSION']}"
+    version = f"victoria-logs-v{b.versions['VICTORIALOGS_VERSION']}"
+    with b.step(f"go install {spec}"):
         b.go(
-            "mod", "edit", f"-replace={LOKI_PUSH_MODULE}={LOKI_PUSH_MODULE}@{push_version}", cwd=src
+            "install",
+            "-trimpath",
+            f"-ldflags=-s -w {_xflags(VICTORIALOGS_BUILDINFO, Version=version)}",
+            spec,
+            cwd=b.component.home,
+            extra_env={"GOBIN": str(b.bin_dir)},
         )
-    ldflags = _xflags(
-        "github.com/grafana/loki/v3/pkg/util/build",
-        Version=b.versions["LOKI_VERSION"],
-        BuildUser=BUILD_USER,
-    )
-    go_build(b, src, "./cmd/loki", "loki", ldflags)
-
-
-def required_version(go_mod: Path, module: str) -> str:
-    """The version ``go_mod`` requires of ``module``."""
-    edit = subprocess.run(  # noqa: S603 - fixed argv
-        [_go(), "mod", "edit", "-json", str(go_mod)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    for require in json.loads(edit.stdout).get("Require") or []:
-        if require["Path"] == module:
-            return str(require["Version"])
-    raise BuildError(f"{go_mod} does not require {module}")
 
 
 def check_prometheus_ready(prometheus: Path) -> None:
@@ -513,14 +470,6 @@ def components(versions: dict[str, str]) -> list[Component]:
             build_prometheus,
         ),
         Component(
-            "tempo",
-            versions["TEMPO_VERSION"],
-            f"{TEMPO_MODULE}@{versions['TEMPO_COMMIT']}",
-            ("tempo",),
-            build_tempo,
-            optional=True,
-        ),
-        Component(
             "jaeger",
             versions["JAEGER_VERSION"],
             f"{JAEGER_MODULE}@{versions['JAEGER_GO_VERSION']}",
@@ -528,11 +477,11 @@ def components(versions: dict[str, str]) -> list[Component]:
             build_jaeger,
         ),
         Component(
-            "loki",
-            versions["LOKI_VERSION"],
-            f"{LOKI_MODULE}@v{versions['LOKI_VERSION']}",
-            ("loki",),
-            build_loki,
+            "victorialogs",
+            versions["VICTORIALOGS_VERSION"],
+            f"{VICTORIALOGS_MODULE}@{versions['VICTORIALOGS_GO_VERSION']}",
+            ("victoria-logs",),
+            build_victorialogs,
         ),
     ]
 
@@ -607,45 +556,8 @@ class Outcome:
 def ensure(component: Component, versions: dict[str, str]) -> Outcome:
     """Skip a component that is cached, else build it; never raise for a build failure."""
     started = time.monotonic()
-    external = external_binary(component)
-    if external is not None:
-        return _check_external(component, external, started)
     with _exclusive(component):
         return _ensure_locked(component, versions, started)
-
-
-def external_binary(component: Component) -> Path | None:
-    """The binary the user supplies instead of building one (``TEMPO_BIN`` for tempo), if any."""
-    value = os.environ.get(TEMPO_BIN_ENV, "")
-    if component.name != "tempo" or not value:
-        return None
-    return Path(value).expanduser().absolute()
-
-
-def _check_external(component: Component, binary: Path, started: float) -> Outcome:
-    """Accept the user's binary if ``--version`` exits 0 and names the component."""
-    try:
-        result = subprocess.run(  # noqa: S603 - the binary the user pointed us at
-            [str(binary), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=VERSION_CHECK_TIMEOUT_S,
-            check=False,
-        )
-        answer = " ".join((result.stdout + result.stderr).split())
-        ok = result.returncode == 0 and component.name in answer.lower()
-    except (OSError, subprocess.TimeoutExpired) as error:
-        answer, ok = str(error), False
-    if ok:
-        _say(component.name, f"using {TEMPO_BIN_ENV}={binary} ({answer[:120]})")
-        return Outcome(component, "external", time.monotonic() - started)
-    print(
-        f"\nFAILED {component.name}: {TEMPO_BIN_ENV}={binary} is not a working Tempo binary:"
-        f" `--version` answered {answer[:300]!r}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return Outcome(component, "FAILED", time.monotonic() - started)
 
 
 @contextmanager
@@ -676,13 +588,6 @@ def _ensure_locked(component: Component, versions: dict[str, str], started: floa
         if missing:
             raise BuildError(f"built, but {', '.join(missing)} does not answer --version")
     except BuildError as error:
-        if isinstance(error, SourceUnavailableError) and component.optional:
-            _say(
-                component.name,
-                f"unavailable from the Go module proxy ({error}); the local stack uses Jaeger"
-                " instead",
-            )
-            return Outcome(component, "unavailable", time.monotonic() - started)
         _report_failure(component, str(error), log)
         return Outcome(component, "FAILED", time.monotonic() - started)
     seconds = time.monotonic() - started
@@ -702,26 +607,36 @@ def _report_failure(component: Component, reason: str, log: Path) -> None:
 
 
 def print_paths(selected: list[Component]) -> None:
-    """``name=/abs/path`` per binary; a missing one is reported on stderr, not hidden.
-
-    An optional component that is not built (Tempo the proxy refuses) is left out, so a reader
-    can tell "use the fallback" from "run the build".
-    """
+    """``name=/abs/path`` per binary; a missing one is reported on stderr, not hidden."""
     for component in selected:
-        external = external_binary(component)
         for name in component.binaries:
-            path = external or component.binary(name)
+            path = component.binary(name)
             key = component.name if name == component.binaries[0] else name
-            if component.optional and not path.exists():
-                print(
-                    f"{key}: left out, not built ({path} missing; the proxy refuses its source?)."
-                    f" The local stack uses Jaeger; {TEMPO_BIN_ENV}=/path/to/tempo to use one.",
-                    file=sys.stderr,
-                )
-                continue
             print(f"{key}={path}")
             if not path.exists():
                 print(f"missing: {path} (run python stack/build.py)", file=sys.stderr)
+
+
+def build_plan(versions: dict[str, str]) -> list[str]:
+    """Every Go module the build fetches by name, as ``module@version``.
+
+    Each component's source, OCB and every module of the collector manifest (their own
+    dependencies come from their go.sum). Nothing is downloaded to list them.
+    """
+    plan = [f"{OCB_MODULE}@v{versions['OCB_VERSION']}"]
+    plan += [
+        f"{module}@v{version}" for module, version in _GOMOD_LINE.findall(MANIFEST.read_text())
+    ]
+    plan += [c.source for c in components(versions) if c.name != "otelcol"]
+    return plan
+
+
+def print_plan(selected: list[Component], versions: dict[str, str]) -> None:
+    """``component name version source`` per component, then ``module module@version`` lines."""
+    for component in selected:
+        print(f"component {component.name} {component.version} {component.source}")
+    for module in build_plan(versions):
+        print(f"module {module}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -731,16 +646,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--only", nargs="+", choices=[c.name for c in known], metavar="NAME")
     parser.add_argument("--print-paths", action="store_true", help="print name=path and exit")
+    parser.add_argument(
+        "--print-plan", action="store_true", help="print what would be built, from which modules"
+    )
     args = parser.parse_args(argv)
     selected = [c for c in known if not args.only or c.name in args.only]
     if args.print_paths:
         print_paths(selected)
         return 0
+    if args.print_plan:
+        print_plan(selected, versions)
+        return 0
     outcomes = [ensure(component, versions) for component in selected]
     print("\nsummary:")
     for outcome in outcomes:
         c = outcome.component
-        print(f"  {c.name:<11} {c.version:<9} {outcome.status:<11} {outcome.seconds:8.1f}s")
+        print(f"  {c.name:<13} {c.version:<9} {outcome.status:<7} {outcome.seconds:8.1f}s")
     failed = [o.component.name for o in outcomes if o.status == "FAILED"]
     if failed:
         print(f"\nbuild failed for: {', '.join(failed)} (see the logs above)", file=sys.stderr)

@@ -1,14 +1,16 @@
-"""Run the otel-dist stack without Docker: Prometheus, Loki, Tempo and our collector on loopback.
+"""Run the otel-dist stack without Docker: Prometheus, VictoriaLogs, Jaeger and our collector.
 
-The trace backend is Tempo when there is a Tempo binary (built, or ``TEMPO_BIN``), else Jaeger
-v2 (``stack/config/jaeger.yaml``) on the same OTLP port: the Go module proxy refuses Tempo's
-source here. ``LocalStack.trace_backend`` says which, ``LocalStack.traces_url`` is its HTTP API.
+Everything listens on loopback. Traces go to Jaeger v2 (``stack/config/jaeger.yaml``, in
+memory), logs to VictoriaLogs (OTLP in, LogsQL out), metrics to Prometheus. docker-compose.yml
+runs Tempo and Loki instead; the collector config is the same file, and the local stack selects
+its ``otlp_grpc/jaeger`` and ``otlp_http/victorialogs`` exporters through
+``OTELCOL_TRACES_EXPORTERS`` and ``OTELCOL_LOGS_EXPORTERS``.
 
 The binaries come from ``stack/build.py`` (built first, with its progress shown, if any is
-missing); the configs are the ones docker-compose.yml mounts (``collector/config.yaml``,
-``stack/config/*``), pointed at 127.0.0.1 through their environment variables. Prometheus'
-config cannot read the environment, so a copy with the targets rewritten is written to the data
-directory.
+missing); the collector and Prometheus configs are the ones docker-compose.yml mounts
+(``collector/config.yaml``, ``stack/config/*``), pointed at 127.0.0.1 through their environment
+variables. Prometheus' config cannot read the environment, so a copy with the targets rewritten
+is written to the data directory.
 
 Usage::
 
@@ -16,7 +18,7 @@ Usage::
     python stack/run.py status
     python stack/run.py stop
 
-Data (TSDB, blocks, chunks, the collector's queue, one log per process) goes under
+Data (TSDB, log partitions, the collector's queue, one log per process) goes under
 ``~/.cache/otel-dist-stack/run/<timestamp>/`` unless ``--data-dir`` is given. ``start`` writes the
 pids to ``state.json`` there and points ``~/.cache/otel-dist-stack/run/current`` at it;
 ``stop`` sends SIGTERM, then SIGKILL to what is left after 10 s.
@@ -61,9 +63,13 @@ READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
 POLL_S = 0.25
 LOG_TAIL_LINES = 30
-# Always needed; the trace backend (tempo, else jaeger) comes on top.
-BINARIES = ("otelcol", "prometheus", "loki")
-TRACE_BACKENDS = ("tempo", "jaeger")
+BINARIES = ("otelcol", "prometheus", "jaeger", "victorialogs")
+# The exporters the local stack selects in collector/config.yaml; compose keeps the defaults
+# (Tempo and Loki).
+LOCAL_EXPORTERS = {
+    "OTELCOL_TRACES_EXPORTERS": "[otlp_grpc/jaeger]",
+    "OTELCOL_LOGS_EXPORTERS": "[otlp_http/victorialogs]",
+}
 
 
 class StackError(RuntimeError):
@@ -80,19 +86,15 @@ class Ports:
     collector_metrics: int = 8888
     collector_pprof: int = 1777
     prometheus: int = 9090
-    tempo_http: int = 3200
-    # The collector owns 4317 on this host, so Tempo's OTLP receiver moves to 4417. Jaeger, when
-    # it stands in for Tempo, listens here too, so the collector's config is the same for both.
-    tempo_otlp_grpc: int = 4417
-    tempo_grpc: int = 9096
-    # Jaeger v2 (only when Tempo is unavailable). Health and own metrics are off the collector's
-    # 13133 and 8888.
+    # The collector owns 4317 on this host, so Jaeger's OTLP receiver moves to 4417. Its health
+    # and own metrics are off the collector's 13133 and 8888.
+    jaeger_otlp_grpc: int = 4417
     jaeger_query_http: int = 16686
     jaeger_query_grpc: int = 16685
     jaeger_health: int = 13134
     jaeger_metrics: int = 8889
-    loki_http: int = 3100
-    loki_grpc: int = 9095
+    # VictoriaLogs' one HTTP port: OTLP ingestion, LogsQL, /health and its own /metrics.
+    victorialogs_http: int = 9428
 
     @classmethod
     def free(cls) -> Ports:
@@ -149,44 +151,32 @@ def binary_paths(build_if_missing: bool = True) -> dict[str, Path]:
 
 
 def _missing(paths: Mapping[str, Path]) -> list[str]:
-    missing = [name for name in BINARIES if not _executable(paths.get(name))]
-    if not any(_executable(paths.get(name)) for name in TRACE_BACKENDS):
-        missing.append("jaeger")
-    return missing
-
-
-def trace_backend(paths: Mapping[str, Path]) -> str:
-    """``tempo`` when its binary is there (built, or ``TEMPO_BIN``), else ``jaeger``.
-
-    ``stack/build.py --print-paths`` leaves Tempo out when the module proxy refused its source.
-    """
-    return "tempo" if _executable(paths.get("tempo")) else "jaeger"
+    return [name for name in BINARIES if not _executable(paths.get(name))]
 
 
 def _executable(path: Path | None) -> bool:
     return path is not None and path.is_file() and os.access(path, os.X_OK)
 
 
-def render_prometheus_config(data_dir: Path, ports: Ports, backend: str = "tempo") -> Path:
-    """Write prometheus.yml with the compose hostnames replaced by loopback addresses.
+def render_prometheus_config(data_dir: Path, ports: Ports) -> Path:
+    """Write prometheus.yml with the compose targets replaced by the local processes.
 
     Prometheus does not expand environment variables in its config, so the shared file keeps
-    the compose targets and this copy points them at the local processes. Each target must be
-    found; a config that no longer has one is an error here rather than a silent missing scrape.
-    With Jaeger as the trace backend, the ``tempo`` job scrapes Jaeger's own metrics instead,
-    renamed ``jaeger``.
+    the compose targets and this copy points them at the local processes: the ``tempo`` job
+    scrapes Jaeger's own metrics and the ``loki`` job VictoriaLogs', each renamed after what it
+    scrapes. Each target must be found; a config that no longer has one is an error here rather
+    than a silent missing scrape.
     """
     source = (CONFIG_DIR / "prometheus.yml").read_text()
     replacements = {
         '"collector:8888"': f'"{HOST}:{ports.collector_metrics}"',
-        '"tempo:3200"': f'"{HOST}:{ports.tempo_http}"',
-        '"loki:3100"': f'"{HOST}:{ports.loki_http}"',
+        '"tempo:3200"': f'"{HOST}:{ports.jaeger_metrics}"',
+        "job_name: tempo": "job_name: jaeger",
+        '"loki:3100"': f'"{HOST}:{ports.victorialogs_http}"',
+        "job_name: loki": "job_name: victorialogs",
         '"localhost:9090"': f'"{HOST}:{ports.prometheus}"',
         "- alert-rules.yml": f"- {CONFIG_DIR / 'alert-rules.yml'}",
     }
-    if backend == "jaeger":
-        replacements['"tempo:3200"'] = f'"{HOST}:{ports.jaeger_metrics}"'
-        replacements["job_name: tempo"] = "job_name: jaeger"
     for old, new in replacements.items():
         if old not in source:
             raise StackError(f"stack/config/prometheus.yml no longer contains {old}")
@@ -204,10 +194,9 @@ def services(
 ) -> list[Service]:
     """The four processes, configured for loopback ``ports`` and data under ``data_dir``.
 
-    The trace backend is Tempo or Jaeger, as ``trace_backend(paths)`` says; the collector last.
+    The backends first, the collector last.
     """
-    backend = trace_backend(paths)
-    prometheus_config = render_prometheus_config(data_dir, ports, backend)
+    prometheus_config = render_prometheus_config(data_dir, ports)
     prometheus = Service(
         "prometheus",
         (
@@ -222,70 +211,71 @@ def services(
         {},
         f"http://{HOST}:{ports.prometheus}/-/ready",
     )
-    loki = Service(
-        "loki",
-        (str(paths["loki"]), f"-config.file={CONFIG_DIR / 'loki.yaml'}", "-config.expand-env=true"),
-        {
-            "LOKI_LISTEN_HOST": HOST,
-            "LOKI_HTTP_PORT": str(ports.loki_http),
-            "LOKI_GRPC_PORT": str(ports.loki_grpc),
-            "LOKI_DATA_DIR": str(data_dir / "loki"),
-        },
-        f"http://{HOST}:{ports.loki_http}/ready",
-    )
-    if backend == "tempo":
-        traces = tempo_service(paths, data_dir, ports)
-    else:
-        traces = jaeger_service(paths, ports)
-    collector = Service(
+    return [
+        prometheus,
+        victorialogs_service(paths, data_dir, ports),
+        jaeger_service(paths, ports),
+        collector_service(paths, data_dir, ports, collector_env),
+    ]
+
+
+def collector_env_for(ports: Ports, data_dir: Path) -> dict[str, str]:
+    """The collector's variables for the local stack: loopback addresses, the local exporters."""
+    return {
+        "OTELCOL_LISTEN_HOST": HOST,
+        "OTELCOL_OTLP_GRPC_PORT": str(ports.otlp_grpc),
+        "OTELCOL_OTLP_HTTP_PORT": str(ports.otlp_http),
+        "OTELCOL_HEALTH_PORT": str(ports.collector_health),
+        "OTELCOL_METRICS_PORT": str(ports.collector_metrics),
+        "OTELCOL_PPROF_ENDPOINT": f"{HOST}:{ports.collector_pprof}",
+        "OTELCOL_QUEUE_DIR": str(data_dir / "otelcol" / "queue"),
+        "JAEGER_OTLP_ENDPOINT": f"{HOST}:{ports.jaeger_otlp_grpc}",
+        "VICTORIALOGS_OTLP_ENDPOINT": (
+            f"http://{HOST}:{ports.victorialogs_http}/insert/opentelemetry"
+        ),
+        "PROMETHEUS_OTLP_ENDPOINT": f"http://{HOST}:{ports.prometheus}/api/v1/otlp",
+        **LOCAL_EXPORTERS,
+    }
+
+
+def collector_service(
+    paths: Mapping[str, Path],
+    data_dir: Path,
+    ports: Ports,
+    collector_env: Mapping[str, str] | None = None,
+) -> Service:
+    """Our collector on ``collector/config.yaml``; ``collector_env`` adds or overrides variables."""
+    return Service(
         "otelcol",
         (str(paths["otelcol"]), f"--config={COLLECTOR_CONFIG}"),
-        {
-            "OTELCOL_LISTEN_HOST": HOST,
-            "OTELCOL_OTLP_GRPC_PORT": str(ports.otlp_grpc),
-            "OTELCOL_OTLP_HTTP_PORT": str(ports.otlp_http),
-            "OTELCOL_HEALTH_PORT": str(ports.collector_health),
-            "OTELCOL_METRICS_PORT": str(ports.collector_metrics),
-            "OTELCOL_PPROF_ENDPOINT": f"{HOST}:{ports.collector_pprof}",
-            "OTELCOL_QUEUE_DIR": str(data_dir / "otelcol" / "queue"),
-            "TEMPO_OTLP_ENDPOINT": f"{HOST}:{ports.tempo_otlp_grpc}",
-            "LOKI_OTLP_ENDPOINT": f"http://{HOST}:{ports.loki_http}/otlp",
-            "PROMETHEUS_OTLP_ENDPOINT": f"http://{HOST}:{ports.prometheus}/api/v1/otlp",
-            **(collector_env or {}),
-        },
+        {**collector_env_for(ports, data_dir), **(collector_env or {})},
         f"http://{HOST}:{ports.collector_health}/",
     )
-    return [prometheus, loki, traces, collector]
 
 
-def tempo_service(paths: Mapping[str, Path], data_dir: Path, ports: Ports) -> Service:
-    """Tempo, monolithic, with blocks under ``data_dir``."""
+def victorialogs_service(paths: Mapping[str, Path], data_dir: Path, ports: Ports) -> Service:
+    """VictoriaLogs, single node, with its data under ``data_dir``; configured by flags alone."""
     return Service(
-        "tempo",
+        "victorialogs",
         (
-            str(paths["tempo"]),
-            f"-config.file={CONFIG_DIR / 'tempo.yaml'}",
-            "-config.expand-env=true",
+            str(paths["victorialogs"]),
+            f"-httpListenAddr={HOST}:{ports.victorialogs_http}",
+            f"-storageDataPath={data_dir / 'victorialogs'}",
+            # Its default: a development stack keeps a week of logs.
+            "-retentionPeriod=7d",
         ),
-        {
-            "TEMPO_LISTEN_HOST": HOST,
-            "TEMPO_HTTP_PORT": str(ports.tempo_http),
-            "TEMPO_GRPC_PORT": str(ports.tempo_grpc),
-            "TEMPO_OTLP_GRPC_ENDPOINT": f"{HOST}:{ports.tempo_otlp_grpc}",
-            "TEMPO_DATA_DIR": str(data_dir / "tempo"),
-            "PROMETHEUS_REMOTE_WRITE_URL": f"http://{HOST}:{ports.prometheus}/api/v1/write",
-        },
-        f"http://{HOST}:{ports.tempo_http}/ready",
+        {},
+        f"http://{HOST}:{ports.victorialogs_http}/health",
     )
 
 
 def jaeger_service(paths: Mapping[str, Path], ports: Ports) -> Service:
-    """Jaeger v2, in memory, receiving OTLP gRPC on Tempo's port; ready when /status says so."""
+    """Jaeger v2, in memory, receiving OTLP gRPC; ready when /status says so."""
     return Service(
         "jaeger",
         (str(paths["jaeger"]), f"--config={CONFIG_DIR / 'jaeger.yaml'}"),
         {
-            "JAEGER_OTLP_GRPC_ENDPOINT": f"{HOST}:{ports.tempo_otlp_grpc}",
+            "JAEGER_OTLP_GRPC_ENDPOINT": f"{HOST}:{ports.jaeger_otlp_grpc}",
             "JAEGER_QUERY_HTTP_ENDPOINT": f"{HOST}:{ports.jaeger_query_http}",
             "JAEGER_QUERY_GRPC_ENDPOINT": f"{HOST}:{ports.jaeger_query_grpc}",
             "JAEGER_HEALTH_ENDPOINT": f"{HOST}:{ports.jaeger_health}",
@@ -297,7 +287,7 @@ def jaeger_service(paths: Mapping[str, Path], ports: Ports) -> Service:
 
 
 class LocalStack:
-    """Prometheus, Loki, Tempo (or Jaeger) and the collector as child processes, for ``with``.
+    """Prometheus, VictoriaLogs, Jaeger and the collector as child processes, for ``with``.
 
     ``collector_env`` adds or overrides the collector's variables (``TAIL_SAMPLING_PERCENT``,
     ``OTELCOL_LOGS_EXPORTERS`` ...). ``data_dir`` defaults to a fresh timestamped directory.
@@ -320,8 +310,6 @@ class LocalStack:
         self.quiet = quiet
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._services: dict[str, Service] = {}
-        # Known once start() has found the binaries.
-        self.trace_backend: str = ""
 
     # --- addresses the tests and the CLI print --------------------------------------------
     @property
@@ -340,26 +328,14 @@ class LocalStack:
         return f"http://{HOST}:{self.ports.prometheus}"
 
     @property
-    def tempo_url(self) -> str:
-        """Tempo HTTP API base URL (nothing listens there when Jaeger stands in)."""
-        return f"http://{HOST}:{self.ports.tempo_http}"
-
-    @property
     def jaeger_url(self) -> str:
-        """Jaeger query HTTP API base URL (``/api/traces``), when Jaeger is the trace backend."""
+        """Jaeger query HTTP API base URL (``/api/traces``)."""
         return f"http://{HOST}:{self.ports.jaeger_query_http}"
 
     @property
-    def traces_url(self) -> str:
-        """HTTP API of the trace backend in use: ``tempo_url`` or ``jaeger_url``."""
-        if not self.trace_backend:
-            raise StackError("the trace backend is known once the stack has started")
-        return self.tempo_url if self.trace_backend == "tempo" else self.jaeger_url
-
-    @property
-    def loki_url(self) -> str:
-        """Loki HTTP API base URL."""
-        return f"http://{HOST}:{self.ports.loki_http}"
+    def victorialogs_url(self) -> str:
+        """VictoriaLogs HTTP API base URL (``/select/logsql/query``)."""
+        return f"http://{HOST}:{self.ports.victorialogs_http}"
 
     @property
     def collector_metrics_url(self) -> str:
@@ -388,9 +364,6 @@ class LocalStack:
     def start(self) -> None:
         """Start the backends, wait for them, then the collector; raise if one is not ready."""
         paths = binary_paths()
-        self.trace_backend = trace_backend(paths)
-        if self.trace_backend == "jaeger":
-            self._say("trace backend: jaeger (no Tempo binary: see stack/build.py, TEMPO_BIN)")
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         planned = services(paths, self.data_dir, self.ports, self.collector_env)
         self._services = {service.name: service for service in planned}
@@ -461,7 +434,7 @@ class LocalStack:
                 start_new_session=True,
             )
         self._processes[service.name] = process
-        self._say(f"{service.name:<10} started (pid {process.pid})")
+        self._say(f"{service.name:<12} started (pid {process.pid})")
 
     def _wait_ready(self, service: Service) -> None:
         process = self._processes[service.name]
@@ -474,7 +447,7 @@ class LocalStack:
                     f"\n{_tail(self.log_path(service.name))}"
                 )
             if _http_ok(service.ready_url):
-                self._say(f"{service.name:<10} ready in {time.monotonic() - started:.1f}s")
+                self._say(f"{service.name:<12} ready in {time.monotonic() - started:.1f}s")
                 return
             time.sleep(POLL_S)
         raise StackError(
@@ -485,8 +458,6 @@ class LocalStack:
     def _write_state(self) -> None:
         state = {
             "data_dir": str(self.data_dir),
-            "trace_backend": self.trace_backend,
-            "traces_url": self.traces_url,
             "ports": asdict(self.ports),
             "processes": {
                 name: {"pid": process.pid, "argv": list(self._services[name].argv)}
@@ -541,12 +512,12 @@ def _terminate(pid: int, say: Callable[[str], object], name: str) -> None:
     deadline = time.monotonic() + STOP_GRACE_S
     while time.monotonic() < deadline:
         if not _alive(pid):
-            say(f"{name:<10} stopped")
+            say(f"{name:<12} stopped")
             return
         time.sleep(POLL_S)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    say(f"{name:<10} killed after {STOP_GRACE_S:.0f}s")
+    say(f"{name:<12} killed after {STOP_GRACE_S:.0f}s")
 
 
 def _owned_by_state(pid: int, argv0: str) -> bool:
@@ -588,8 +559,8 @@ def _cmd_start(args: argparse.Namespace) -> int:
         f"\nlocal stack up, data in {stack.data_dir}\n"
         f"  OTLP         grpc {HOST}:{stack.ports.otlp_grpc}  http {stack.otlp_http_endpoint}\n"
         f"  Prometheus   {stack.prometheus_url}\n"
-        f"  {stack.trace_backend.capitalize():<12} {stack.traces_url}\n"
-        f"  Loki         {stack.loki_url}\n"
+        f"  Jaeger       {stack.jaeger_url}  (traces)\n"
+        f"  VictoriaLogs {stack.victorialogs_url}  (logs, LogsQL)\n"
         f"  collector    {stack.collector_metrics_url}\n"
         f"stop with: python stack/run.py stop"
     )
@@ -615,15 +586,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     urls = state.get("ready_urls", {})
     assert isinstance(urls, dict)
     print(f"data: {directory}")
-    backend = state.get("trace_backend", "tempo")
-    print(f"trace backend: {backend} {state.get('traces_url', '')}".rstrip())
     healthy = True
     for name, pid, argv0 in _processes(state):
         running = _owned_by_state(pid, argv0)
         ready = running and _http_ok(str(urls.get(name, "")))
         healthy = healthy and ready
         status = "ready" if ready else ("running, not ready" if running else "stopped")
-        print(f"  {name:<10} pid {pid:<8} {status}")
+        print(f"  {name:<12} pid {pid:<8} {status}")
     return 0 if healthy else 1
 
 
@@ -633,7 +602,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         if _owned_by_state(pid, argv0):
             _terminate(pid, print, name)
         else:
-            print(f"{name:<10} not running")
+            print(f"{name:<12} not running")
     if CURRENT.is_symlink() and CURRENT.resolve() == directory.resolve():
         CURRENT.unlink()
     return 0

@@ -1,11 +1,15 @@
 """The stack's config files, checked by the tools that will read them; no Docker engine needed.
 
 - docker-compose.yml through compose-go, the library `docker compose config` is built on
-  (stack/compose-check, built here with Go);
-- collector/config.yaml through our built collector's `validate`, including the env-selected
+  (stack/compose-check, built here with Go), including its safe defaults: ports on loopback
+  unless asked, backends unpublished, Grafana anonymous as Viewer with the admin password from
+  the environment;
+- collector/config.yaml through our built collector's `validate`, with each exporter selection
+  (compose's Tempo and Loki, the local stack's Jaeger and VictoriaLogs) and the env-selected
   exporter lists that switch a backend route off;
 - prometheus.yml and the alert rules through promtool (`check config`, `check rules`,
-  `test rules`); Loki's config through `loki -verify-config`;
+  `test rules`); Jaeger's config through `jaeger validate`. Loki's and Tempo's configs are
+  checked by nothing here: their binaries are AGPL and never built (docker-compose.yml only);
 - Grafana: datasources with the fixed uids, every dashboard panel on one of them.
 
 Binaries come from `python stack/build.py`. A missing one fails the test with that command in the
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,6 +40,25 @@ COLLECTOR_CONFIG = ROOT / "collector" / "config.yaml"
 GRAFANA = ROOT / "grafana"
 DATASOURCE_UIDS = {"prometheus", "tempo", "loki"}
 COMPOSE_SERVICES = {"shop", "postgres", "collector", "prometheus", "loki", "tempo", "grafana"}
+# What compose publishes on the host, and the variables that change how.
+PUBLISHED = {"shop": {8000}, "collector": {4317, 4318}, "grafana": {3000}}
+PUBLISH_ADDRESS = "STACK_PUBLISH_ADDRESS"
+ADMIN_PASSWORD = "GRAFANA_ADMIN_PASSWORD"
+MISSING_PASSWORD = (
+    "required variable GRAFANA_ADMIN_PASSWORD is missing a value: set GRAFANA_ADMIN_PASSWORD to"
+    " the Grafana admin password of your choice"
+)
+# The exporter lists each stack selects: compose's defaults and stack/run.py's.
+EXPORTER_SELECTIONS = {
+    "compose (Tempo, Loki)": {
+        "OTELCOL_TRACES_EXPORTERS": "[otlp_grpc/tempo]",
+        "OTELCOL_LOGS_EXPORTERS": "[otlp_http/loki]",
+    },
+    "local stack (Jaeger, VictoriaLogs)": {
+        "OTELCOL_TRACES_EXPORTERS": "[otlp_grpc/jaeger]",
+        "OTELCOL_LOGS_EXPORTERS": "[otlp_http/victorialogs]",
+    },
+}
 
 
 def _versions() -> dict[str, str]:
@@ -86,7 +110,8 @@ def _run(
 
 # --- docker-compose.yml ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def compose_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def compose_check(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """stack/compose-check, built once for this module."""
     go = shutil.which("go")
     if go is None:
         pytest.fail("Go is needed to build stack/compose-check (and the stack)", pytrace=False)
@@ -100,22 +125,104 @@ def compose_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         timeout=600,
     )
     assert build.returncode == 0, f"building stack/compose-check failed:\n{build.stderr}"
-    # Variables the user's shell might set would win over .env, as in docker compose.
-    env = {k: v for k, v in os.environ.items() if k not in _versions()}
-    result = subprocess.run(
+    return tool
+
+
+def _compose(tool: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """compose-check on docker-compose.yml with exactly these variables on top of a shell's own.
+
+    Variables the user's shell might set would win over .env, as in docker compose, so the
+    pinned versions and the stack's own switches are taken out first.
+    """
+    ours = {*_versions(), PUBLISH_ADDRESS, ADMIN_PASSWORD}
+    inherited = {k: v for k, v in os.environ.items() if k not in ours}
+    return subprocess.run(
         [str(tool), "-C", str(ROOT), "docker-compose.yml"],
         capture_output=True,
         text=True,
         check=False,
         cwd=ROOT,
-        env=env,
+        env={**inherited, **env},
         timeout=60,
     )
+
+
+def _model(tool: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    result = _compose(tool, env)
     assert result.returncode == 0, (
         f"docker-compose.yml is not a valid compose project:\n{result.stderr}"
     )
     model: dict[str, Any] = json.loads(result.stdout)
     return model
+
+
+@pytest.fixture(scope="module")
+def admin_password() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@pytest.fixture(scope="module")
+def compose_model(compose_check: Path, admin_password: str) -> dict[str, Any]:
+    """The project as `docker compose config` resolves it with only the admin password set."""
+    return _model(compose_check, {ADMIN_PASSWORD: admin_password})
+
+
+def _published(model: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """(host address, host port) of every published port, per service that publishes one."""
+    return {
+        name: [(port.get("host_ip", ""), int(port["published"])) for port in service["ports"]]
+        for name, service in model["services"].items()
+        if service.get("ports")
+    }
+
+
+def test_compose_publishes_the_front_ports_on_loopback_only(compose_model: dict[str, Any]) -> None:
+    published = _published(compose_model)
+    assert {name: {port for _, port in ports} for name, ports in published.items()} == PUBLISHED
+    addresses = {address for ports in published.values() for address, _ in ports}
+    assert addresses == {"127.0.0.1"}, published
+
+
+def test_compose_publishes_no_backend(compose_model: dict[str, Any]) -> None:
+    # Prometheus, Loki, Tempo and Postgres are reached through Grafana and the collector, on the
+    # compose network.
+    for backend in ("prometheus", "loki", "tempo", "postgres"):
+        assert not compose_model["services"][backend].get("ports"), backend
+
+
+def test_compose_publishes_on_every_interface_only_when_asked(
+    compose_check: Path, admin_password: str
+) -> None:
+    model = _model(compose_check, {ADMIN_PASSWORD: admin_password, PUBLISH_ADDRESS: "0.0.0.0"})
+    published = _published(model)
+    assert set(published) == set(PUBLISHED)
+    assert {address for ports in published.values() for address, _ in ports} == {"0.0.0.0"}
+
+
+def test_compose_grafana_is_viewer_for_anonymous_and_admin_by_password(
+    compose_model: dict[str, Any], admin_password: str
+) -> None:
+    environment = compose_model["services"]["grafana"]["environment"]
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert environment["GF_AUTH_DISABLE_LOGIN_FORM"] == "false"
+    assert environment["GF_SECURITY_ADMIN_USER"] == "admin"
+    # The password is the one from the environment, and the repository holds none.
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == admin_password
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["grafana"]
+    assert raw["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in _versions()
+
+
+def test_compose_refuses_to_run_without_an_admin_password(compose_check: Path) -> None:
+    result = _compose(compose_check, {})
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "invalid compose project: error while interpolating"
+        f" services.grafana.environment.GF_SECURITY_ADMIN_PASSWORD: {MISSING_PASSWORD}"
+    )
+    empty = _compose(compose_check, {ADMIN_PASSWORD: ""})
+    assert empty.returncode != 0
+    assert MISSING_PASSWORD in empty.stderr
 
 
 def test_compose_env_file_is_the_versions_file() -> None:
@@ -176,6 +283,28 @@ def test_collector_config_validates(binaries: dict[str, Path]) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("selection", list(EXPORTER_SELECTIONS))
+def test_collector_config_validates_with_each_backend_selection(
+    binaries: dict[str, Path], selection: str
+) -> None:
+    env = EXPORTER_SELECTIONS[selection]
+    result = _validate(binaries, env)
+    assert result.returncode == 0, result.stderr
+    # And the pipelines really export where the selection says.
+    exporters = _resolved_pipelines(binaries, env, "exporters")
+    assert exporters["traces/sampled"] == yaml.safe_load(env["OTELCOL_TRACES_EXPORTERS"])
+    assert exporters["logs"] == yaml.safe_load(env["OTELCOL_LOGS_EXPORTERS"])
+
+
+def test_compose_uses_the_collector_defaults(binaries: dict[str, Path]) -> None:
+    # docker-compose.yml sets no exporter variable, so the defaults must be Tempo and Loki.
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert not any("EXPORTERS" in key for key in compose["services"]["collector"]["environment"])
+    exporters = _resolved_pipelines(binaries, {}, "exporters")
+    assert exporters["traces/sampled"] == ["otlp_grpc/tempo"]
+    assert exporters["logs"] == ["otlp_http/loki"]
+
+
 @pytest.mark.parametrize(
     "variable", ["OTELCOL_TRACES_EXPORTERS", "OTELCOL_METRICS_EXPORTERS", "OTELCOL_LOGS_EXPORTERS"]
 )
@@ -190,17 +319,18 @@ def test_each_route_switches_off_and_on_by_env(binaries: dict[str, Path], variab
 
 def test_tail_sampling_is_opt_in_by_env(binaries: dict[str, Path]) -> None:
     variable = "OTELCOL_TRACES_SAMPLING_PROCESSORS"
-    assert "tail_sampling" not in _validated_pipelines(binaries)["traces/sampled"]
+    assert "tail_sampling" not in _resolved_pipelines(binaries)["traces/sampled"]
     on = {variable: "[memory_limiter, tail_sampling]"}
-    assert "tail_sampling" in _validated_pipelines(binaries, on)["traces/sampled"]
+    assert "tail_sampling" in _resolved_pipelines(binaries, on)["traces/sampled"]
     wrong = _validate(binaries, {variable: "[memory_limiter, tail_sampling/nowhere]"})
     assert wrong.returncode != 0
 
 
-def _validated_pipelines(
-    binaries: dict[str, Path], env: Mapping[str, str] | None = None
+def _resolved_pipelines(
+    binaries: dict[str, Path], env: Mapping[str, str] | None = None, part: str = "processors"
 ) -> dict[str, list[str]]:
-    """Each pipeline's processors, as the collector resolves the config (``print-config``)."""
+    """Each pipeline's ``part`` (processors, exporters), as the collector resolves the config
+    (``print-config``) once it validated."""
     assert _validate(binaries, env).returncode == 0
     command = [_binary(binaries, "otelcol"), "print-config", f"--config={COLLECTOR_CONFIG}"]
     result = _run(command, env)
@@ -209,7 +339,7 @@ def _validated_pipelines(
         result = _run([*command[:2], gate, *command[2:]], env)
     assert result.returncode == 0, result.stderr
     pipelines = yaml.safe_load(result.stdout)["service"]["pipelines"]
-    return {name: list(p.get("processors") or []) for name, p in pipelines.items()}
+    return {name: list(p.get(part) or []) for name, p in pipelines.items()}
 
 
 # --- Prometheus --------------------------------------------------------------------------------
@@ -246,23 +376,18 @@ def test_every_alert_rule_has_a_unit_test() -> None:
     assert names <= silent, f"rules never shown staying silent: {sorted(names - silent)}"
 
 
-# --- Loki and Jaeger ----------------------------------------------------------------------------
-def test_loki_config_verifies(binaries: dict[str, Path], tmp_path: Path) -> None:
-    result = _run(
-        [
-            _binary(binaries, "loki"),
-            f"-config.file={CONFIG / 'loki.yaml'}",
-            "-config.expand-env=true",
-            "-verify-config",
-        ],
-        {"LOKI_DATA_DIR": str(tmp_path)},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+# --- Jaeger and VictoriaLogs -------------------------------------------------------------------
+def test_backends_report_their_pinned_versions(binaries: dict[str, Path]) -> None:
+    versions = _versions()
+    logs = _run([_binary(binaries, "victorialogs"), "-version"])
+    assert logs.stdout.strip() == f"victoria-logs-v{versions['VICTORIALOGS_VERSION']}", logs
+    traces = _run([_binary(binaries, "jaeger"), "version"])
+    assert f'"gitVersion":"v{versions["JAEGER_VERSION"]}"' in traces.stdout.replace(" ", ""), traces
 
 
 def test_jaeger_config_validates(binaries: dict[str, Path]) -> None:
-    # Jaeger v2 stands in for Tempo in the Docker-free stack; it is a collector build, so its
-    # own `validate` checks every component and the env defaults.
+    # Jaeger v2 is the Docker-free stack's trace store; it is a collector build, so its own
+    # `validate` checks every component and the env defaults.
     result = _run([_binary(binaries, "jaeger"), "validate", f"--config={CONFIG / 'jaeger.yaml'}"])
     assert result.returncode == 0, result.stdout + result.stderr
 

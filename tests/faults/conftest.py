@@ -153,7 +153,7 @@ def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
 
 @pytest.fixture
 def backends(stack: Any) -> Iterator[Backends]:
-    """The stack's backends' HTTP APIs, as Grafana's datasources query them."""
-    result = Backends(stack.prometheus_url, stack.traces_url, stack.loki_url, stack.trace_backend)
+    """The stack's backends' HTTP APIs: Prometheus, Jaeger and VictoriaLogs."""
+    result = Backends(stack.prometheus_url, stack.jaeger_url, stack.victorialogs_url)
     yield result
     result.client.close()

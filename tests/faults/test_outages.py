@@ -1,7 +1,7 @@
 """Outages under steady load (issue D, points 1-3): the app serves on, the pipeline loses nothing.
 
 Each test starts its own local stack (stack/run.py on free loopback ports: our collector with its
-persistent sending queues, Prometheus, Loki, and Tempo or Jaeger v2) and the example shop set up
+persistent sending queues, Prometheus, VictoriaLogs and Jaeger v2) and the example shop set up
 with ``configure()``, drives the shop at ``scale.load_rps`` with the fixed-rate load of
 support/load.py, and breaks one part while the load runs:
 
@@ -16,8 +16,8 @@ support/load.py, and breaks one part while the load runs:
 - the collector SIGKILLed and restarted at once: every span it had accepted is delivered from
   its disk queue, and the SDK's retry (up to OTEL_EXPORTER_OTLP_TIMEOUT, 10 s) delivers the
   spans produced while it was gone;
-- the trace backend, then Loki, stopped for ``scale.outage_s``: the collector's queue holds the
-  data and delivers all of it afterwards.
+- the trace store (Jaeger), then the log store (VictoriaLogs), stopped for ``scale.outage_s``:
+  the collector's queue holds the data and delivers all of it afterwards.
 
 Every request reads one item: one trace (a server span and a SELECT span) and one "item fetched"
 log line. Requests are counted by the trace id their response announces (``traceresponse``)
@@ -53,7 +53,7 @@ from support.servers import ServerProcess
 from support.stack import (
     Backends,
     found_traces,
-    loki_lines,
+    logsql_string,
     stack_pids,
     start_shop,
     stop_stack_process,
@@ -110,7 +110,7 @@ class Shop:
     server: ServerProcess
     service: str
     item_id: int
-    started_ns: int  # wall clock when it started, to bound Loki queries
+    started_ns: int  # wall clock when it started, to bound log queries
 
     @property
     def pid(self) -> int:
@@ -181,14 +181,14 @@ def _wait_for_traces(
 
 
 def _log_trace_ids(backends: Backends, shop: Shop) -> list[str]:
-    """The trace id of every "item fetched" line Loki has for the shop (repeats included)."""
-    lines = loki_lines(
-        backends,
-        f'{{service_name="{shop.service}"}} |= "{LOG_LINE}"',
-        shop.started_ns,
-        time.time_ns() + 60 * 10**9,
+    """The trace id of every "item fetched" line in VictoriaLogs for the shop, repeats too."""
+    entries = backends.logsql(
+        f"service.name:={logsql_string(shop.service)} AND {logsql_string(LOG_LINE)}"
+        " | fields trace_id",
+        start_ns=shop.started_ns,
+        end_ns=time.time_ns() + 60 * 10**9,
     )
-    return [labels.get("trace_id", "") for labels, _ in lines]
+    return [entry.get("trace_id", "") for entry in entries]
 
 
 def _wait_for_log_lines(
@@ -466,7 +466,14 @@ def test_collector_sigkill_restart_loses_no_accepted_span(
     assert wanted <= set(log_ids), f"{len(wanted - set(log_ids))} log lines missing"
 
 
-@pytest.mark.parametrize("broken", ["trace backend", "loki"])
+# The stack's process and the collector exporter that feeds it, per backend.
+BACKENDS = {
+    "trace backend": ("jaeger", "otlp_grpc/jaeger"),
+    "log backend": ("victorialogs", "otlp_http/victorialogs"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BACKENDS))
 def test_backend_down_collector_queue_delivers_everything_after(
     broken: str,
     stack: Any,
@@ -475,12 +482,11 @@ def test_backend_down_collector_queue_delivers_everything_after(
     scale: Any,
     figures: Callable[..., None],
 ) -> None:
-    name = stack.trace_backend if broken == "trace backend" else "loki"
-    exporter = "otlp_http/loki" if name == "loki" else "otlp_grpc/tempo"
+    name, exporter = BACKENDS[broken]
     # Jaeger keeps traces in memory only: a restart forgets what it had. So on Jaeger the
     # traces of the first requests are counted before the outage, the backend goes down before
-    # the load starts, and after it the traces sent since must all be there. Tempo and Loki keep
-    # what they stored: there the load is already running when the backend goes, and every
+    # the load starts, and after it the traces sent since must all be there. VictoriaLogs keeps
+    # what it stored on disk: there the load is already running when the backend goes, and every
     # request's trace and log line must be there after.
     durable = name != "jaeger"
     with Load(shop.server.base_url, scale.load_rps, shop.read) as warmup:

@@ -6,9 +6,10 @@ X-Api-Key headers, ``?token=`` and ``?password=``, JSON bodies (an accepted one,
 rejects with 422), a structlog field and a SQL parameter (/login logs the password and sends it
 to the database, on purpose), and an exception message (/charge raises with the card token).
 
-Then everything that reached the trace backend, Loki (lines, structured metadata, labels),
-Prometheus (every series' labels, exemplars) and the app's stdout/stderr is searched for every
-canary; so is the collector's own log. Zero hits allowed.
+Then everything that reached the trace store (Jaeger), the log store (VictoriaLogs: every entry
+with all its fields, every field's values, every stream), Prometheus (every series' labels,
+exemplars) and the app's stdout/stderr is searched for every canary; so is the collector's own
+log. Zero hits allowed.
 
 A search that finds nothing proves nothing unless it could have found something: a control
 value travels the same way (the X-Request-ID of the canary requests, a random service name),
@@ -34,6 +35,7 @@ from support.stack import (
     Backends,
     JaegerSearch,
     eventually,
+    logsql_string,
     start_shop,
 )
 
@@ -148,34 +150,38 @@ def _send(shop: ServerProcess, canaries: Canaries, control: str) -> Sent:
 
 
 def _trace_texts(backends: Backends, service: str, trace_ids: set[str]) -> str:
-    """The trace backend's raw answers for every trace of the service, as one text."""
+    """Jaeger's raw answers for every trace of the service, as one text."""
     texts = []
     for trace_id in sorted(trace_ids):
         r = backends.client.get(f"{backends.traces}/api/traces/{trace_id}")
         r.raise_for_status()
         texts.append(r.text)
-    if backends.trace_backend == "jaeger":
-        search = JaegerSearch({"service": service, "limit": "1000"})
-        texts.append(json.dumps(backends.jaeger_search(search)))
+    search = JaegerSearch({"service": service, "limit": "1000"})
+    texts.append(json.dumps(backends.jaeger_search(search)))
     return "\n".join(texts)
 
 
-def _loki_texts(backends: Backends, service: str) -> str:
-    """Every line Loki has for the service (with labels and structured metadata), and every
-    label value it knows, as Loki's raw answers."""
+def _log_store_texts(backends: Backends, service: str) -> str:
+    """Every entry VictoriaLogs has for the service with all its fields, and every value of
+    every field and every stream it knows in the window, as its raw answers."""
     now = time.time_ns()
-    window = {"start": now - 3600 * 10**9, "end": now + 60 * 10**9}
-    base = f"{backends.loki}/loki/api/v1"
-    lines = backends.client.get(
-        f"{base}/query_range",
-        params={"query": f'{{service_name="{service}"}}', "limit": 5000, **window},
+    window = {"start": str(now - 3600 * 10**9), "end": str(now + 60 * 10**9)}
+    base = f"{backends.logs}/select/logsql"
+    entries = backends.client.post(
+        f"{base}/query", data={"query": f"service.name:={logsql_string(service)}", **window}
     )
-    lines.raise_for_status()
-    texts = [lines.text]
-    labels = backends.client.get(f"{base}/labels", params=window)
-    labels.raise_for_status()
-    for label in labels.json().get("data") or []:
-        values = backends.client.get(f"{base}/label/{label}/values", params=window)
+    entries.raise_for_status()
+    texts = [entries.text]
+    everything = {"query": "*", **window}
+    streams = backends.client.post(f"{base}/streams", data=everything)
+    streams.raise_for_status()
+    texts.append(streams.text)
+    names = backends.client.post(f"{base}/field_names", data=everything)
+    names.raise_for_status()
+    for name in names.json().get("values") or []:
+        values = backends.client.post(
+            f"{base}/field_values", data={**everything, "field": name["value"]}
+        )
         values.raise_for_status()
         texts.append(values.text)
     return "\n".join(texts)
@@ -216,8 +222,9 @@ def test_canaries_reach_no_backend_and_no_output(
         eventually(
             lambda: (
                 len(
-                    backends.logql(
-                        f'{{service_name="{service}"}} |~ "login attempt|unhandled exception"'
+                    backends.logsql(
+                        f"service.name:={logsql_string(service)}"
+                        ' AND ("login attempt" OR "unhandled exception")'
                     )
                 )
                 >= 2
@@ -233,8 +240,8 @@ def test_canaries_reach_no_backend_and_no_output(
         # One more export round, so nothing of the requests above is still on its way.
         time.sleep(3)
         places = {
-            f"trace backend ({backends.trace_backend})": _trace_texts(backends, service, trace_ids),
-            "Loki": _loki_texts(backends, service),
+            "trace store (Jaeger)": _trace_texts(backends, service, trace_ids),
+            "log store (VictoriaLogs)": _log_store_texts(backends, service),
             "Prometheus": _prometheus_texts(backends, service),
         }
     finally:
@@ -242,7 +249,7 @@ def test_canaries_reach_no_backend_and_no_output(
     places["app stdout/stderr"] = shop.output()
     places["collector log"] = stack.log_path("otelcol").read_text(errors="replace")
     hits = [hit for where, text in places.items() for hit in canaries.hits(where, text)]
-    # The controls: the request id is in traces, Loki and stdout; the service name in Prometheus.
+    # The controls: the request id is in traces, logs and stdout; the service name in Prometheus.
     controls = {
         where: (service if where == "Prometheus" else control) in text
         for where, text in places.items()

@@ -1,7 +1,7 @@
 """A CPU of its own for the app under a latency test, and what the hypervisor took from it.
 
 On a small shared machine the app's tail latency moves with everything else that runs: the
-collector, Prometheus, Loki and the trace store (Go processes with their own garbage collectors
+collector, Prometheus, VictoriaLogs and Jaeger (Go processes with their own garbage collectors
 and compactions), and the virtual machine's hypervisor, which takes the CPU away for other guests
 ("steal" in /proc/stat). ``CpuSplit`` puts the app on the last CPU and everything else on the
 rest, as a deployment would run the collector and backends on other machines; ``CpuTimes`` samples

@@ -1,18 +1,16 @@
 """The local stack from tests: loading stack/run.py, polling, and the backends' HTTP APIs.
 
 Shared by the end-to-end test (tests/e2e) and the fault suite (tests/faults). ``Backends`` asks
-Prometheus, Loki and the trace backend (Tempo, or Jaeger v2 when Tempo is unavailable) what
-Grafana's datasources would ask; ``eventually`` polls until an answer is there.
+Prometheus, VictoriaLogs (LogsQL) and Jaeger v2 what a user (or Grafana's datasources) would ask;
+``eventually`` polls until an answer is there.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -69,19 +67,17 @@ def eventually(check: Callable[[], Any], timeout: float = 60, every: float = 1.0
 
 
 JAEGER_SEARCH_TIMEOUT_S = 120.0
+# A whole fault run's log entries of one service (tens of thousands) in one answer.
+LOGSQL_TIMEOUT_S = 120.0
 
 
 @dataclass
 class Backends:
-    """The backends' HTTP APIs, queried as Grafana's datasources do.
-
-    ``traces`` is the trace backend's API, Tempo's or Jaeger's as ``trace_backend`` says.
-    """
+    """The backends' HTTP APIs: Prometheus, Jaeger (``traces``) and VictoriaLogs (``logs``)."""
 
     prometheus: str
     traces: str
-    loki: str
-    trace_backend: str = "tempo"
+    logs: str
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
 
     def promql(self, query: str) -> list[dict[str, Any]]:
@@ -106,37 +102,11 @@ class Backends:
         return alerts
 
     def trace(self, trace_id: str) -> list[dict[str, Any]]:
-        """Spans of a trace, or [] when the backend does not know it.
+        """Spans of a trace, or [] when Jaeger does not know it.
 
-        Each span is a dict with at least name, kind (``SPAN_KIND_*``, or its OTLP number from
-        Tempo), spanId, parentSpanId (hex, or base64 from Tempo: compare through ``hex_id``)
-        and service.
+        Jaeger's JSON (``data[0].spans``, parents in ``references``, services in ``processes``)
+        normalised to: name, kind (``SPAN_KIND_*``), spanId, parentSpanId (hex) and service.
         """
-        if self.trace_backend == "jaeger":
-            return self._jaeger_trace(trace_id)
-        return self._tempo_trace(trace_id)
-
-    def _tempo_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        """Flattened from Tempo's OTLP JSON."""
-        for path in (f"/api/v2/traces/{trace_id}", f"/api/traces/{trace_id}"):
-            r = self.client.get(f"{self.traces}{path}")
-            if r.status_code == 404:
-                continue
-            r.raise_for_status()
-            body = r.json()
-            body = body.get("trace", body)
-            batches = body.get("batches") or body.get("resourceSpans") or []
-            return [
-                {**span, "service": _resource_service(batch)}
-                for batch in batches
-                for scope in batch.get("scopeSpans", batch.get("instrumentationLibrarySpans", []))
-                for span in scope.get("spans", [])
-            ]
-        return []
-
-    def _jaeger_trace(self, trace_id: str) -> list[dict[str, Any]]:
-        """Jaeger's JSON (``data[0].spans``, parents in ``references``, services in
-        ``processes``) normalised to the same keys as Tempo's spans."""
         r = self.client.get(f"{self.traces}/api/traces/{trace_id}")
         if r.status_code == 404:
             return []
@@ -180,45 +150,28 @@ class Backends:
             traces = [t for t in traces if any(_jaeger_error(span) for span in t["spans"])]
         return traces
 
-    def traceql(self, query: str) -> list[dict[str, Any]]:
-        """Tempo's search API; Tempo only (Jaeger has no TraceQL)."""
-        now = int(time.time())
-        r = self.client.get(
-            f"{self.traces}/api/search",
-            params={"q": query, "start": now - 3600, "end": now + 60, "limit": 100},
-        )
-        r.raise_for_status()
-        traces: list[dict[str, Any]] = r.json().get("traces", [])
-        return traces
+    def logsql(
+        self, query: str, *, start_ns: int | None = None, end_ns: int | None = None
+    ) -> list[dict[str, str]]:
+        """Every log entry VictoriaLogs has for a LogsQL ``query``, as its fields.
 
-    def logql(self, query: str, limit: int = 200) -> list[tuple[dict[str, str], str]]:
-        """(labels incl. structured metadata, line) for each log line matching ``query``."""
+        The window defaults to the last hour (and a minute ahead, for clock skew). Without a
+        ``limit`` VictoriaLogs streams every match, one JSON object per line, so nothing needs
+        paging. Fields: ``_msg`` (the body), ``_time``, ``_stream`` (the resource attributes
+        that form the stream), then every resource and log attribute under its OTLP name
+        (``service.name``, ``exception.stacktrace``), ``trace_id``, ``span_id``,
+        ``severity_text``.
+        """
         now = time.time_ns()
-        r = self.client.get(
-            f"{self.loki}/loki/api/v1/query_range",
-            params={
-                "query": query,
-                "start": now - 3600 * 10**9,
-                "end": now + 60 * 10**9,
-                "limit": limit,
-            },
+        start = now - 3600 * 10**9 if start_ns is None else start_ns
+        end = now + 60 * 10**9 if end_ns is None else end_ns
+        r = self.client.post(
+            f"{self.logs}/select/logsql/query",
+            data={"query": query, "start": str(start), "end": str(end)},
+            timeout=LOGSQL_TIMEOUT_S,
         )
         r.raise_for_status()
-        data = r.json()["data"]
-        if data["resultType"] != "streams":
-            return [({**s["metric"]}, v[1]) for s in data["result"] for v in s["values"]]
-        return [
-            ({**stream["stream"], **(value[2] if len(value) > 2 else {})}, value[1])
-            for stream in data["result"]
-            for value in stream["values"]
-        ]
-
-
-def _resource_service(batch: dict[str, Any]) -> str:
-    for attribute in batch.get("resource", {}).get("attributes", []):
-        if attribute["key"] == "service.name":
-            return str(attribute["value"].get("stringValue", ""))
-    return ""
+        return [json.loads(line) for line in r.text.splitlines() if line.strip()]
 
 
 def _jaeger_kind(span: dict[str, Any]) -> str:
@@ -238,7 +191,7 @@ def _jaeger_error(span: dict[str, Any]) -> bool:
 class JaegerSearch:
     """A Jaeger trace search standing in for a TraceQL query.
 
-    ``errors_only`` keeps the traces with an error span, filtered here: Jaeger 2.13's memory
+    ``errors_only`` keeps the traces with an error span, filtered here: Jaeger v2's memory
     store cannot filter on it. Its HTTP API passes ``tags={"error":"true"}`` on as the string
     "true", and the store reads that with ``Value.Bool()``, which is false for a string, so it
     looks for status OK and finds no failing trace (internal/storage/v2/memory/tenant.go).
@@ -253,13 +206,6 @@ class JaegerSearch:
         if self.errors_only:
             return f"{request}, keeping the traces with a span tagged error=true"
         return request
-
-
-def hex_id(value: str) -> str:
-    """Tempo returns span ids base64-encoded in OTLP JSON; normalise to hex."""
-    if re.fullmatch(r"[0-9a-f]{16}|[0-9a-f]{32}", value):
-        return value
-    return base64.b64decode(value).hex()
 
 
 # --- for the fault suite: processes of a running stack, the shop on it, counting what arrived --
@@ -336,14 +282,14 @@ def stop_stack_process(stack: Any, name: str, sig: int = signal.SIGTERM) -> floa
 
 
 def found_traces(backends: Backends, service: str, trace_ids: Iterable[str]) -> dict[str, int]:
-    """Of ``trace_ids``, those the trace backend has, with their span counts.
+    """Of ``trace_ids``, those Jaeger has, with their span counts.
 
-    On Jaeger one search (``/api/traces?service=``) returns every trace of the service; ids it
-    did not return, and every id on Tempo, are looked up one by one.
+    One search (``/api/traces?service=``) returns every trace of the service; ids it did not
+    return are looked up one by one.
     """
     wanted = set(trace_ids)
     found: dict[str, int] = {}
-    if backends.trace_backend == "jaeger" and wanted:
+    if wanted:
         limit = str(2 * len(wanted) + 1000)
         for trace in backends.jaeger_search(JaegerSearch({"service": service, "limit": limit})):
             if trace["traceID"] in wanted:
@@ -355,44 +301,9 @@ def found_traces(backends: Backends, service: str, trace_ids: Iterable[str]) -> 
     return found
 
 
-def loki_lines(
-    backends: Backends, query: str, start_ns: int, end_ns: int, page: int = 5000
-) -> list[tuple[dict[str, str], str]]:
-    """Every (labels incl. structured metadata, line) ``query`` matches in [start_ns, end_ns].
-
-    Pages forward through the range (Loki returns at most ``page`` lines per query); a line at
-    a page's last timestamp is not counted twice.
-    """
-    lines: list[tuple[dict[str, str], str]] = []
-    seen: set[tuple[int, str, str]] = set()
-    start = start_ns
-    while True:
-        r = backends.client.get(
-            f"{backends.loki}/loki/api/v1/query_range",
-            params={
-                "query": query,
-                "start": start,
-                "end": end_ns,
-                "limit": page,
-                "direction": "forward",
-            },
-        )
-        r.raise_for_status()
-        values = [
-            (int(value[0]), {**stream["stream"], **(value[2] if len(value) > 2 else {})}, value[1])
-            for stream in r.json()["data"]["result"]
-            for value in stream["values"]
-        ]
-        added = 0
-        for at, labels, line in values:
-            key = (at, json.dumps(labels, sort_keys=True), line)
-            if key not in seen:
-                seen.add(key)
-                lines.append((labels, line))
-                added += 1
-        if len(values) < page or not added:
-            return lines
-        start = max(at for at, _, _ in values)
+def logsql_string(value: str) -> str:
+    """``value`` as a quoted LogsQL string (JSON's escaping is LogsQL's)."""
+    return json.dumps(value)
 
 
 @contextlib.contextmanager
