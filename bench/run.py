@@ -55,7 +55,7 @@ DEFAULT_OUTPUT = ROOT / "bench" / "results.json"
 QUICK_OUTPUT = BENCH_DIR / "results-quick.json"
 DEFAULT_DOCS = ROOT / "docs" / "performance.md"
 RECEIVER = (
-    "otel_dist.sink.OtlpSink(store=False) in its own process (python -m bench.sink), "
+    "otel_dist.tools.sink.OtlpSink(store=False) in its own process (python -m bench.sink), "
     "OTLP/HTTP protobuf, decoding every export and keeping counts only"
 )
 VERSIONED = (

@@ -1,4 +1,4 @@
-"""The benchmark's OTLP receiver: ``otel_dist.sink.OtlpSink(store=False)`` in its own process.
+"""The benchmark's OTLP receiver: ``otel_dist.tools.sink.OtlpSink(store=False)`` in its own process.
 
 It decodes every export (so a malformed payload would be noticed) and keeps only counts. The
 parent drives it over stdin/stdout, one line each way:
@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from otel_dist.sink import SIGNALS, OtlpSink
+from otel_dist.tools.sink import SIGNALS, OtlpSink
 
 
 class _Counts:

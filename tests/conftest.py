@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.servers import ServerProcess, start_server
 
 

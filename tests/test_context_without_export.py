@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.contract import contract_app, parse_traceparent, stdlib_ids, structlog_events
 from support.recorder import HeaderRecorder, header_recorder
 from support.servers import ServerProcess

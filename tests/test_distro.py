@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from otel_dist.distro import HANDLED_BY_OTEL_DIST, OtelDistro, conflicts
-from otel_dist.doctor import diagnose
+from otel_dist.tools.doctor import diagnose
 from support.servers import clean_env, venv_bin
 
 FAKE_MODULE = '''\

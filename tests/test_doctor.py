@@ -12,10 +12,11 @@ from importlib.metadata import version
 
 import pytest
 
-from otel_dist import __version__, doctor
-from otel_dist.cli import USAGE
-from otel_dist.doctor import Report, diagnose
-from otel_dist.sink import OtlpSink
+from otel_dist import __version__
+from otel_dist.tools import doctor
+from otel_dist.tools.cli import USAGE
+from otel_dist.tools.doctor import Report, diagnose
+from otel_dist.tools.sink import OtlpSink
 from support.servers import clean_env, free_port, venv_bin
 
 CANARY = "CANARY-7f3a9c"

@@ -11,8 +11,12 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_dist.edge import LINK_ATTRIBUTES, OneTraceparentOnly, UntrustedEdgePropagator
-from otel_dist.sink import OtlpSink, SpanRecord
+from otel_dist.fastapi.incoming_context import (
+    LINK_ATTRIBUTES,
+    OneTraceparentOnly,
+    UntrustedEdgePropagator,
+)
+from otel_dist.tools.sink import OtlpSink, SpanRecord
 from support.servers import PID_APP, REPO_ROOT, ServerProcess, free_port, pid_app_env, venv_bin
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.contract import ID_HEADERS, WAYS_IN, contract_app, parse_traceparent
 
 BAD_USER = {"email": "x", "age": "old"}

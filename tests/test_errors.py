@@ -35,8 +35,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 import otel_dist
-from otel_dist.fastapi import FastAPIInstrumentation
-from otel_dist.sdk import Providers
+from otel_dist.fastapi.instrument import FastAPIInstrumentation
+from otel_dist.sdk.providers import Providers
 from otel_dist.settings import load_settings
 
 MODES = ("native", "contrib")

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.collector import hanging_collector
 from support.servers import (
     PID_APP,
@@ -350,7 +350,7 @@ import signal
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from otel_dist import configure
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 
 with OtlpSink() as sink:
     telemetry = configure(otlp_endpoint=sink.endpoint, metrics_exporter="none")

@@ -15,16 +15,16 @@ from opentelemetry._logs import LogRecord
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from otel_dist.export_health import (
+from otel_dist.scrub import Scrubber
+from otel_dist.sdk.export_health import (
     ExportHealth,
-    ReportingSpanExporter,
     count_queue_drops,
     fold_sdk_export_messages,
 )
-from otel_dist.scrub import Scrubber
-from otel_dist.sdk import build_providers
+from otel_dist.sdk.exporters import SpanExport
+from otel_dist.sdk.providers import build_providers
 from otel_dist.settings import load_settings
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.servers import PID_APP, REPO_ROOT, ServerProcess, free_port, pid_app_env, venv_bin
 
 FAILING = "otel-dist: telemetry export failing"
@@ -199,7 +199,7 @@ def test_spans_a_full_queue_turns_away_are_counted():
     health, _, lines = _health()
     stuck = _StuckExporter()
     processor = BatchSpanProcessor(
-        ReportingSpanExporter(stuck, health), max_queue_size=4, max_export_batch_size=2
+        SpanExport(stuck, Scrubber(), health), max_queue_size=4, max_export_batch_size=2
     )
     assert count_queue_drops(processor, "traces", health)
     provider = TracerProvider()

@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel
 
-from otel_dist.fastapi import FastAPIInstrumentation
-from otel_dist.sdk import Providers
+from otel_dist.fastapi.instrument import FastAPIInstrumentation
+from otel_dist.sdk.providers import Providers
 from otel_dist.settings import load_settings
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import Span, Tracer
 
-from otel_dist import logs, request_id
+from otel_dist import logs
+from otel_dist.fastapi import request_id
 from otel_dist.logs import (
     LogCorrelation,
     configure_structlog,

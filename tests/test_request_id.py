@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from otel_dist import request_id
+from otel_dist.fastapi import request_id
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 

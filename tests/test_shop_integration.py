@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otel_dist.sink import MetricPoint, OtlpSink, SpanRecord
+from otel_dist.tools.sink import MetricPoint, OtlpSink, SpanRecord
 from support.servers import ServerProcess, free_port, start_server, venv_bin
 
 ROOT = Path(__file__).resolve().parent.parent

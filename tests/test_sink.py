@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from otel_dist.sink import OtlpSink, SpanRecord, decode_any_value
+from otel_dist.tools.sink import OtlpSink, SpanRecord, decode_any_value
 from support.servers import ServerProcess, free_port
 
 RESOURCE = Resource.create({"service.name": "sink-test", "deployment.environment.name": "test"})
@@ -324,7 +324,7 @@ def test_decode_any_value_handles_every_kind() -> None:
 
 def _start_sink_cli(server_factory: Callable[..., ServerProcess], *extra: str) -> ServerProcess:
     port = free_port()
-    argv = [sys.executable, "-m", "otel_dist.sink", "--port", str(port), *extra]
+    argv = [sys.executable, "-m", "otel_dist.tools.sink", "--port", str(port), *extra]
     # Any HTTP answer (a 404 here) means the sink is listening.
     return server_factory(argv, env={}, port=port, ready_path="/")
 

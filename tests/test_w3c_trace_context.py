@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.contract import contract_app, parse_traceparent
 from support.raw_http import request_bytes, send_raw
 from support.recorder import HeaderRecorder, header_recorder

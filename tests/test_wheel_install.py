@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.servers import REPO_ROOT, ServerProcess, free_port
 
 pytestmark = pytest.mark.integration

@@ -7,18 +7,13 @@ metrics and logs that line up, with the trace id in structlog output and in ever
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    # pyproject.toml holds the version; the installed metadata carries it here.
-    __version__ = version("otel-dist")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+from otel_dist.version import __version__
 
 if TYPE_CHECKING:
-    from otel_dist.errors import error_ids
-    from otel_dist.request_id import current_request_id
+    from otel_dist.fastapi.errors import error_ids
+    from otel_dist.fastapi.request_id import current_request_id
     from otel_dist.settings import ConfigurationError
     from otel_dist.telemetry import Telemetry, active, configure
 
@@ -29,8 +24,8 @@ _EXPORTS = {
     "Telemetry": "otel_dist.telemetry",
     "active": "otel_dist.telemetry",
     "configure": "otel_dist.telemetry",
-    "current_request_id": "otel_dist.request_id",
-    "error_ids": "otel_dist.errors",
+    "current_request_id": "otel_dist.fastapi.request_id",
+    "error_ids": "otel_dist.fastapi.errors",
 }
 
 

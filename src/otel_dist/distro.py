@@ -18,7 +18,9 @@ from typing import Any
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
-_log = logging.getLogger("otel_dist.internal")
+from otel_dist.internal_log import internal_logger
+
+_log = internal_logger()
 NAME = "otel_dist"
 # Contrib instrumentors replaced by our own code path (see telemetry.py).
 HANDLED_BY_OTEL_DIST = frozenset(

@@ -54,14 +54,14 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.trace import get_current_span
 from opentelemetry.util.types import AnyValue
 
-from otel_dist.diagnostics import INTERNAL_LOGGER
-from otel_dist.request_id import current_request_id
+from otel_dist.fastapi.request_id import current_request_id
+from otel_dist.internal_log import INTERNAL_LOGGER, internal_logger
 from otel_dist.scrub import REDACTED, Scrubber
 from otel_dist.settings import option
 
 __all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install_log_correlation"]
 
-_logger = logging.getLogger(INTERNAL_LOGGER)
+_logger = internal_logger()
 
 # What the record factory adds; `extra=` may set them too (the app's value wins).
 _RECORD_FIELDS = frozenset({"trace_id", "span_id", "trace_flags", "service_name", "request_id"})

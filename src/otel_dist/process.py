@@ -30,11 +30,11 @@ the collector hangs.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import signal
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import FrameType
@@ -42,7 +42,9 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricReader
 
-_log = logging.getLogger("otel_dist.internal")
+from otel_dist.internal_log import internal_logger
+
+_log = internal_logger()
 
 Handler = Callable[[int, FrameType | None], Any]
 _CHAIN_MARK = "_otel_dist_chained"
@@ -308,6 +310,15 @@ def _renew_lock(owner: Any, name: str) -> None:
     setattr(owner, name, threading.RLock() if isinstance(old, _RLOCK_TYPE) else threading.Lock())
 
 
+def process_identity() -> dict[str, Any]:
+    """Attributes that tell this process apart from its sibling workers.
+
+    Every worker of a multi-process server exports its own cumulative metrics; without a unique
+    ``service.instance.id`` their series would collide in the backend and be miscounted.
+    """
+    return {"service.instance.id": uuid.uuid4().hex, "process.pid": os.getpid()}
+
+
 def refresh_identity_after_fork(providers: Iterable[Any]) -> None:
     """Give each forked child (gunicorn ``--preload`` workers) its own ``service.instance.id``.
 
@@ -316,8 +327,6 @@ def refresh_identity_after_fork(providers: Iterable[Any]) -> None:
     colliding cumulative metric series.
     """
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-
-    from otel_dist.sdk import process_identity  # noqa: PLC0415
 
     targets = [p for p in providers if hasattr(p, "_update_resource")]
 

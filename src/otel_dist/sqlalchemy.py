@@ -19,7 +19,6 @@ swallowed, and the statement runs as if uninstrumented.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 import threading
 import time
@@ -40,9 +39,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
 from sqlalchemy.pool import Pool, PoolProxiedConnection, QueuePool
 
+from otel_dist.internal_log import internal_logger
+
 __all__ = ["SqlAlchemyInstrumentation", "instrument_sqlalchemy"]
 
-_logger = logging.getLogger("otel_dist.internal")
+_logger = internal_logger()
 
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 

@@ -8,12 +8,11 @@ small function below; ``_setup`` reads as the list of them.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import sys
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import wrapt
@@ -21,18 +20,28 @@ from opentelemetry import _logs, metrics, propagate, trace
 from opentelemetry.propagators.composite import CompositePropagator
 
 from otel_dist import logs as log_correlation
-from otel_dist.diagnostics import make_visible
-from otel_dist.edge import LinkUntrustedCaller, OneTraceparentOnly, UntrustedEdgePropagator
-from otel_dist.export_health import fold_sdk_export_messages
-from otel_dist.fastapi import FastAPIInstrumentation, chosen_mode
+from otel_dist.fastapi.incoming_context import (
+    LinkUntrustedCaller,
+    OneTraceparentOnly,
+    UntrustedEdgePropagator,
+)
+from otel_dist.fastapi.instrument import FastAPIInstrumentation, chosen_mode
 from otel_dist.header_warnings import make_header_warnings_safe
+from otel_dist.internal_log import internal_logger, make_visible
 from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
 from otel_dist.scrub import Scrubber
-from otel_dist.sdk import Providers, build_providers
-from otel_dist.settings import SAMPLER_FALLBACK, ConfigurationError, Settings, load_settings
+from otel_dist.sdk.export_health import fold_sdk_export_messages
+from otel_dist.sdk.providers import Providers, build_providers
+from otel_dist.settings import (
+    SAMPLER_FALLBACK,
+    SIGNALS,
+    ConfigurationError,
+    Settings,
+    load_settings,
+)
 from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchemy
 
-_log = logging.getLogger("otel_dist.internal")
+_log = internal_logger()
 _lock = threading.Lock()
 _active: Telemetry | None = None
 
@@ -170,9 +179,9 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
         telemetry.skipped["all"] = "OTEL_SDK_DISABLED=true"
         return telemetry
     _prefer_stable_http_semconv()
-    providers, settings = build_providers(settings, scrubber, strict=strict)
-    _report_problems(settings)
-    telemetry = Telemetry(settings, providers)
+    providers, export_problems = build_providers(settings, scrubber, strict=strict)
+    _report_problems(settings, export_problems)
+    telemetry = Telemetry(_as_run(settings, providers), providers)
     _install_globals(providers)
     _guard_untrusted_edge(telemetry)
     _summarise_export_failures(telemetry)
@@ -191,9 +200,15 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
     return telemetry
 
 
-def _report_problems(settings: Settings) -> None:
+def _as_run(settings: Settings, providers: Providers) -> Settings:
+    # The handle shows the exporters that really run: a signal that could not export is none.
+    off: dict[str, Any] = {f"{s}_exporter": "none" for s in SIGNALS if not providers.exports(s)}
+    return replace(settings, **off)
+
+
+def _report_problems(settings: Settings, export_problems: Iterable[str] = ()) -> None:
     # One line per bad value: the launcher must say what is wrong without crashing the app.
-    for problem in settings.problems:
+    for problem in (*settings.problems, *export_problems):
         if problem.endswith(SAMPLER_FALLBACK):  # says itself what happens instead
             _log.error("otel-dist: %s", problem)
         else:
@@ -266,7 +281,7 @@ def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
     if not telemetry.settings.instrumentation_enabled("sqlalchemy"):
         telemetry.skipped["sqlalchemy"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
         return
-    traced = telemetry.settings.exporter("traces") != "none"
+    traced = providers.exports("traces")
     if not traced and providers.meter_provider is None:
         telemetry.skipped["sqlalchemy"] = "traces and metrics are both off"
         return

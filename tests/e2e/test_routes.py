@@ -11,7 +11,7 @@ listen and speaking what they speak:
   appended), so a request anywhere else would be answered 404 and counted as lost.
 
 The stand-ins are a second instance of our collector build, receiving on those two routes only
-and forwarding to the project's OTLP sink (``otel_dist.sink``), which decodes every record. The
+and forwarding to the project's OTLP sink (``otel_dist.tools.sink``), which decodes every record. The
 example shop sends to the collector under test. Every span and log record the collector accepted
 must reach the sink through the right route, each with its request's trace id and the shop's
 resource attributes.
@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.load import TRACEPARENT
 from support.servers import REPO_ROOT, ServerProcess, free_port, start_server
 from support.stack import load_stack_module, require_toolchain, start_shop

@@ -34,7 +34,7 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.raw_http import RawResponse, request_bytes, send_raw
 from support.servers import ServerProcess, uvicorn_argv
 from support.shop import SHOP_CONFIGURE, start_shop

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.collector import hanging_collector
 from support.load import Load, Sample
 from support.servers import ServerProcess, uvicorn_argv

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from otel_dist.sink import OtlpSink
+from otel_dist.tools.sink import OtlpSink
 from support.servers import ServerProcess, gunicorn_argv, uvicorn_argv
 from support.shop import SHOP_CONFIGURE, SHOP_ZERO_CODE, create_shop_database, start_shop
 from support.traffic import attempt, request_counts, trace_id_of, wait_for_workers

@@ -11,6 +11,7 @@ import base64
 import os
 import platform
 import re
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -358,12 +359,19 @@ def _endpoint_lines(settings: Settings, probe: Probe, report: Report) -> list[st
 
 
 def _probe_grpc(endpoint: str, timeout: float) -> str | None:
-    from otel_dist.sdk import port_answers  # noqa: PLC0415
-
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 4317)
     host = parts.hostname or "localhost"
     return None if port_answers(host, port, timeout) else "does not accept TCP connections"
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def diagnose(

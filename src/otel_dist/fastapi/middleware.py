@@ -2,7 +2,7 @@
 
 It sits outside Starlette's ServerErrorMiddleware, so it also sees the 500 responses built for
 unhandled exceptions. With FastAPI's native telemetry hooks (``server`` given) it is the server
-span's source too, in the same pass (see ``http_server``); with the contrib OpenTelemetryMiddleware
+span's source too, in the same pass (see ``server_span``); with the contrib OpenTelemetryMiddleware
 it sits just inside that middleware and names the span the contrib started.
 """
 
@@ -14,8 +14,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from otel_dist import request_id
-from otel_dist.http_server import HOOK_KEY, ServerRequest, ServerTelemetry, serve_websocket
+from otel_dist.fastapi import request_id
+from otel_dist.fastapi.server_span import (
+    HOOK_KEY,
+    ServerRequest,
+    ServerTelemetry,
+    serve_websocket,
+    traceparent_of,
+)
 
 REQUEST_ID_ATTRIBUTE = "http.request.id"
 # Marks a request we already handle, so a mounted app instrumented too (the zero-code path
@@ -24,14 +30,6 @@ _SCOPE_KEY = "otel_dist.request_id"
 _EXPOSE = b"access-control-expose-headers"
 _TRACERESPONSE = b"traceresponse"
 _FINAL_BODY = "http.response.body"
-
-
-def traceparent_of(span: trace.Span) -> str | None:
-    """W3C ``traceparent`` value naming ``span`` (with its real sampled flag), or None."""
-    context = span.get_span_context()
-    if not context.is_valid:
-        return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 class TelemetryMiddleware:

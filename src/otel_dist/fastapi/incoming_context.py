@@ -1,4 +1,6 @@
-"""Incoming trace context policy: one ``traceparent`` only, and the untrusted edge.
+"""Incoming trace context: read from the headers, one ``traceparent`` only, the untrusted edge.
+
+``RequestPropagation`` hands the global propagator only the headers it reads, decoded once.
 
 Every request: more than one ``traceparent`` header line is no parent at all (a new trace), as
 W3C Trace Context says (``OneTraceparentOnly``).
@@ -16,10 +18,13 @@ sampler) and carries a span link to the caller's span, so the two traces stay on
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import (
     CarrierT,
     Getter,
@@ -29,6 +34,7 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 from opentelemetry.sdk.trace import Span, SpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _CALLER = create_key("otel_dist.untrusted_caller")
 TRACEPARENT = "traceparent"
@@ -123,3 +129,70 @@ class LinkUntrustedCaller(SpanProcessor):
         if caller is None or trace.get_current_span(parent_context).get_span_context().is_valid:
             return  # not an untrusted request, or a child span inside one
         span.add_link(caller, LINK_ATTRIBUTES)
+
+
+# Propagators known to read only the headers named in their ``fields``: only those headers are
+# decoded into the carrier handed to ``extract``.
+_READ_ONLY_THEIR_FIELDS = (TraceContextTextMapPropagator, W3CBaggagePropagator)
+
+
+class _CarrierGetter(Getter[dict[str, list[str]]]):
+    """Header values by lower-case name; repeated ``baggage`` lines joined, as FastAPI does."""
+
+    def get(self, carrier: dict[str, list[str]], key: str) -> list[str] | None:
+        values = carrier.get(key.lower())
+        if not values:
+            return None
+        if key.lower() == "baggage":
+            return [",".join(values)]
+        return values
+
+    def keys(self, carrier: dict[str, list[str]]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _CarrierGetter()
+
+
+def _header_names(propagator: TextMapPropagator) -> frozenset[bytes] | None:
+    """The header names ``propagator`` reads, or None when it may read any header."""
+    if type(propagator) in _READ_ONLY_THEIR_FIELDS:
+        return frozenset(name.lower().encode("latin-1") for name in propagator.fields)
+    parts: Iterable[TextMapPropagator] | None = None
+    if isinstance(propagator, CompositePropagator):
+        parts = vars(propagator).get("_propagators")
+    elif isinstance(propagator, WrappingPropagator):
+        inner = vars(propagator).get("_inner")
+        parts = None if inner is None else [inner]
+    if parts is None:
+        return None
+    names: set[bytes] = set()
+    for part in parts:
+        part_names = _header_names(part)
+        if part_names is None:
+            return None
+        names |= part_names
+    return frozenset(names)
+
+
+class RequestPropagation:
+    """The global propagator (it may be replaced at any time) and the headers it reads."""
+
+    def __init__(self) -> None:
+        self._propagator: TextMapPropagator | None = None
+        self._names: frozenset[bytes] | None = None
+
+    def extract(self, headers: Iterable[tuple[bytes, bytes]]) -> Context:
+        """The request's parent context, from ``headers`` by the global propagator."""
+        propagator = propagate.get_global_textmap()
+        if propagator is not self._propagator:
+            self._names = _header_names(propagator)
+            self._propagator = propagator
+        names = self._names
+        carrier: dict[str, list[str]] = {}
+        for name, value in headers:
+            if names is None or name in names:
+                carrier.setdefault(name.decode("latin-1").lower(), []).append(
+                    value.decode("latin-1")
+                )
+        return propagator.extract(carrier, getter=_GETTER)

@@ -3,7 +3,7 @@
 FastAPI 0.165+ has native telemetry: hooks that report the matched route and unhandled
 exceptions, and a wrapper around the app that turns them into a span and metrics. ``native`` mode
 keeps the hooks and replaces the wrapper with our own middleware, which emits the same span and
-metrics in the pass that also handles request ids and trace headers (``http_server``), for a
+metrics in the pass that also handles request ids and trace headers (``server_span``), for a
 fraction of the CPU. ``contrib`` uses the contrib OpenTelemetryMiddleware (FastAPI without native
 telemetry). We pick one (``http_instrumentation``: auto/native/contrib), never both, and add our
 middleware and error handlers to every app: the apps passed to ``configure(app=...)`` and, through
@@ -12,7 +12,6 @@ a hook on ``FastAPI.__init__``, every app created afterwards (the zero-code path
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -20,14 +19,15 @@ from typing import Any, cast
 
 import fastapi
 
-from otel_dist.errors import install_error_handlers, keep_server_duplicates
-from otel_dist.http_server import ServerTelemetry
-from otel_dist.middleware import TelemetryMiddleware, insert_inside_server_span
+from otel_dist.fastapi.errors import install_error_handlers, keep_server_duplicates
+from otel_dist.fastapi.middleware import TelemetryMiddleware, insert_inside_server_span
+from otel_dist.fastapi.server_span import ServerTelemetry
+from otel_dist.internal_log import internal_logger
 from otel_dist.process import ExitHooks, FlushWhenServerStops
-from otel_dist.sdk import Providers
+from otel_dist.sdk.providers import Providers
 from otel_dist.settings import Settings
 
-_log = logging.getLogger("otel_dist.internal")
+_log = internal_logger()
 _MARK = "_otel_dist_instrumented"
 
 

@@ -17,7 +17,7 @@ recovery at that first success would be followed by a new "failing" line, and so
 signal, a pair of lines per catch-up instead of one incident.
 
 The same losses are counted as metrics by the SDK itself (its ``otel.sdk.exporter.*.exported``
-and ``otel.sdk.processor.*.processed`` instruments, with ``error.type``), which ``sdk.py``
+and ``otel.sdk.processor.*.processed`` instruments, with ``error.type``), which ``providers``
 switches on; this module does not duplicate them.
 """
 
@@ -28,19 +28,13 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from opentelemetry.sdk._logs import ReadableLogRecord
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-from otel_dist.diagnostics import INTERNAL_LOGGER
+from otel_dist.internal_log import internal_logger
 from otel_dist.settings import Signal
 
-_log = logging.getLogger(INTERNAL_LOGGER)
+_log = internal_logger()
 
 # The SDK loggers whose per-batch export complaints this module replaces with its summary.
 SDK_EXPORT_LOGGERS = (
@@ -206,84 +200,6 @@ def fold_sdk_export_messages(health: ExportHealth) -> Callable[[], None]:
         queue_logger.setLevel(queue_level)
 
     return remove
-
-
-class ReportingSpanExporter(SpanExporter):
-    """Tells ``ExportHealth`` how each span batch went, then returns the inner result."""
-
-    def __init__(self, inner: SpanExporter, health: ExportHealth) -> None:
-        self._inner = inner
-        self._health = health
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Export through the inner exporter and record the outcome."""
-        started = self._health.started()
-        result = self._inner.export(spans)
-        ok = result is SpanExportResult.SUCCESS
-        self._health.exported("traces", len(spans), ok, started)
-        return result
-
-    def shutdown(self) -> None:
-        """Shut the wrapped exporter down."""
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Flush the wrapped exporter."""
-        return self._inner.force_flush(timeout_millis)
-
-
-class ReportingLogExporter(LogRecordExporter):
-    """Tells ``ExportHealth`` how each log batch went, then returns the inner result."""
-
-    def __init__(self, inner: LogRecordExporter, health: ExportHealth) -> None:
-        self._inner = inner
-        self._health = health
-
-    def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        """Export through the inner exporter and record the outcome."""
-        started = self._health.started()
-        result = self._inner.export(batch)
-        ok = result is LogRecordExportResult.SUCCESS
-        self._health.exported("logs", len(batch), ok, started)
-        return result
-
-    def shutdown(self) -> None:
-        """Shut the wrapped exporter down."""
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Flush the wrapped exporter."""
-        return self._inner.force_flush(timeout_millis)
-
-
-class ReportingMetricExporter(MetricExporter):
-    """Tells ``ExportHealth`` how each metric export went, then returns the inner result."""
-
-    def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
-        # The reader asks the exporter for its temporality and aggregation: keep the inner's.
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
-        self._inner = inner
-        self._health = health
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        """Export through the inner exporter and record the outcome (one item per export)."""
-        started = self._health.started()
-        result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        self._health.exported("metrics", 1, result is MetricExportResult.SUCCESS, started)
-        return result
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Flush the wrapped exporter."""
-        return self._inner.force_flush(timeout_millis)
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Shut the wrapped exporter down."""
-        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
 class _QueueDropCounter:

@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"otel-dist {__version__}")
         return 0
     if command == "doctor":
-        from otel_dist import doctor  # noqa: PLC0415
+        from otel_dist.tools import doctor  # noqa: PLC0415
 
         return doctor.main(rest)
     if command == "sink":
-        from otel_dist import sink  # noqa: PLC0415
+        from otel_dist.tools import sink  # noqa: PLC0415
 
         return sink.main(rest)
     print(f"otel-dist: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)

@@ -25,24 +25,20 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
-from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.websockets import WebSocketDisconnect
 
 from otel_dist import __version__
-from otel_dist.edge import WrappingPropagator
+from otel_dist.fastapi.incoming_context import RequestPropagation
 
 if TYPE_CHECKING:
     # Only FastAPI 0.165+ has it, and only native mode (which needs that FastAPI) builds
@@ -70,71 +66,6 @@ _SENSITIVE_QUERY_PARAMETERS = frozenset(
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # Per-process caches of values derived from client-controlled headers (Host): bounded.
 _CACHE_LIMIT = 256
-# Propagators known to read only the headers named in their ``fields``: only those headers are
-# decoded into the carrier handed to ``extract``.
-_READ_ONLY_THEIR_FIELDS = (TraceContextTextMapPropagator, W3CBaggagePropagator)
-
-
-class _CarrierGetter(Getter[dict[str, list[str]]]):
-    """Header values by lower-case name; repeated ``baggage`` lines joined, as FastAPI does."""
-
-    def get(self, carrier: dict[str, list[str]], key: str) -> list[str] | None:
-        values = carrier.get(key.lower())
-        if not values:
-            return None
-        if key.lower() == "baggage":
-            return [",".join(values)]
-        return values
-
-    def keys(self, carrier: dict[str, list[str]]) -> list[str]:
-        return list(carrier)
-
-
-_GETTER = _CarrierGetter()
-
-
-def _header_names(propagator: TextMapPropagator) -> frozenset[bytes] | None:
-    """The header names ``propagator`` reads, or None when it may read any header."""
-    if type(propagator) in _READ_ONLY_THEIR_FIELDS:
-        return frozenset(name.lower().encode("latin-1") for name in propagator.fields)
-    parts: Iterable[TextMapPropagator] | None = None
-    if isinstance(propagator, CompositePropagator):
-        parts = vars(propagator).get("_propagators")
-    elif isinstance(propagator, WrappingPropagator):
-        inner = vars(propagator).get("_inner")
-        parts = None if inner is None else [inner]
-    if parts is None:
-        return None
-    names: set[bytes] = set()
-    for part in parts:
-        part_names = _header_names(part)
-        if part_names is None:
-            return None
-        names |= part_names
-    return frozenset(names)
-
-
-class _Propagation:
-    """The global propagator (it may be replaced at any time) and the headers it reads."""
-
-    def __init__(self) -> None:
-        self._propagator: TextMapPropagator | None = None
-        self._names: frozenset[bytes] | None = None
-
-    def extract(self, headers: Iterable[tuple[bytes, bytes]]) -> Context:
-        """The request's parent context, from ``headers`` by the global propagator."""
-        propagator = propagate.get_global_textmap()
-        if propagator is not self._propagator:
-            self._names = _header_names(propagator)
-            self._propagator = propagator
-        names = self._names
-        carrier: dict[str, list[str]] = {}
-        for name, value in headers:
-            if names is None or name in names:
-                carrier.setdefault(name.decode("latin-1").lower(), []).append(
-                    value.decode("latin-1")
-                )
-        return propagator.extract(carrier, getter=_GETTER)
 
 
 class _ActiveRequests:
@@ -244,7 +175,7 @@ class ServerTelemetry:
         self._known_methods = (
             frozenset(m.strip() for m in known.split(",") if m.strip()) if known else _HTTP_METHODS
         )
-        self._propagation = _Propagation()
+        self._propagation = RequestPropagation()
         self._base: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._servers: dict[tuple[bytes, str], dict[str, Any]] = {}
 
@@ -352,6 +283,14 @@ def _hook(hook_type: type[_RequestTelemetry], scope: Scope) -> _RequestTelemetry
     return hook
 
 
+def traceparent_of(span: Span) -> str | None:
+    """W3C ``traceparent`` value naming ``span`` (with its real sampled flag), or None."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
 class ServerRequest:
     """One request's span and measurements, from ``ServerTelemetry.start`` to ``finish``."""
 
@@ -392,12 +331,7 @@ class ServerRequest:
 
     def traceparent(self) -> str | None:
         """The W3C ``traceparent`` naming this request's span (real sampled flag), or None."""
-        if self.span is None:
-            return None
-        context = self.span.get_span_context()
-        if not context.is_valid:
-            return None
-        return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        return None if self.span is None else traceparent_of(self.span)
 
     def finish(self, error: BaseException | None) -> None:
         """Set the outcome, record the duration and end the span; only the first call counts."""

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from otel_dist import request_id
+from otel_dist.fastapi import request_id
 from otel_dist.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
