@@ -13,6 +13,8 @@ from importlib.metadata import version
 import pytest
 
 from otel_dist import __version__
+from otel_dist.plan import make_plan
+from otel_dist.settings import load_settings
 from otel_dist.tools import doctor
 from otel_dist.tools.cli import USAGE
 from otel_dist.tools.doctor import Report, diagnose
@@ -37,6 +39,10 @@ def line_of(report: Report, title: str, name: str) -> str:
     return found[0]
 
 
+GRPC_MISSING = (
+    "OTEL_EXPORTER_OTLP_PROTOCOL=grpc (for {signal}) needs the gRPC exporter, which is not "
+    "installed: pip install 'otel-dist[grpc]', or use http/protobuf"
+)
 RUNS = "instrumentations that will run"
 SKIPPED = "instrumentations that will not run"
 
@@ -285,17 +291,6 @@ def test_sdk_disabled_runs_nothing_of_ours() -> None:
         assert line_of(report, SKIPPED, name) == f"{name}: OTEL_SDK_DISABLED=true"
 
 
-def test_contrib_instrumentor_without_its_library_will_not_run() -> None:
-    # opentelemetry-instrumentation-httpx also declares an "httpx2" instrumentor; httpx2 is not
-    # installed, so the launcher skips it.
-    report = diagnose(env={}, network=False)
-
-    assert line_of(report, SKIPPED, "httpx2").startswith(
-        "httpx2: contrib instrumentor skipped: This instrumentation only instruments "
-        '"httpx2 >= 2.0.0", but no installed version was found'
-    )
-
-
 def test_disabled_contrib_instrumentor_will_not_run() -> None:
     report = diagnose(
         env={"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "requests, httpx2"}, network=False
@@ -360,19 +355,15 @@ def test_closed_port_does_not_answer() -> None:
 
 
 def test_grpc_endpoint_is_probed_over_tcp() -> None:
+    # Only probed when the [grpc] extra is installed (without it the signal is off, see below).
     port = free_port()
-    env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_METRICS_EXPORTER": "none"}
-    env["OTEL_LOGS_EXPORTER"] = "none"
     with OtlpSink() as sink:
         endpoint = sink.endpoint
-        up = diagnose(env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
-    down = diagnose(env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"})
+        up = doctor.probe_grpc(endpoint, 3.0)
+    down = doctor.probe_grpc(f"http://127.0.0.1:{port}", 3.0)
 
-    assert up.problems == []
-    assert line_of(up, "endpoints", "traces") == f"traces: {endpoint} answers"
-    assert down.problems == [
-        f"OTLP traces endpoint http://127.0.0.1:{port} does not accept TCP connections"
-    ]
+    assert up is None
+    assert down == "does not accept TCP connections"
 
 
 class _NotFound(BaseHTTPRequestHandler):
@@ -602,3 +593,81 @@ def test_probe_sends_the_configured_headers(
         assert line_of(report, "endpoints", "traces") == f"traces: {token_server}/v1/traces answers"
     else:
         assert report.problems == [f"OTLP traces endpoint {token_server}/v1/traces {problem}"]
+
+
+# --- doctor says what setup will do (the plan) ----------------------------------------------
+
+
+def test_grpc_without_the_extra_is_a_problem_and_exit_1(no_otel_env: pytest.MonkeyPatch) -> None:
+    no_otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    printed: list[str] = []
+
+    assert doctor.main(["--no-network"], out=printed.append) == 1
+    report = printed[0]
+    assert "exporters: traces=none metrics=none logs=none" in report
+    assert "  otlp traces: off: " + GRPC_MISSING.format(signal="traces") in report
+    assert report.endswith(
+        "3 problem(s):\n"
+        + "\n".join(f"  - {GRPC_MISSING.format(signal=s)}" for s in ("metrics", "traces", "logs"))
+    )
+
+
+def test_grpc_for_one_signal_turns_only_that_signal_off() -> None:
+    report = diagnose(env={"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc"}, network=False)
+
+    assert "exporters: traces=otlp metrics=none logs=otlp" in section(
+        report, "settings (secrets masked)"
+    )
+    assert report.problems == [GRPC_MISSING.format(signal="metrics")]
+    assert line_of(report, SKIPPED, "runtime metrics") == (
+        "runtime metrics: metrics exporter is none"
+    )
+
+
+def test_traces_off_says_exactly_what_setup_still_does() -> None:
+    report = diagnose(env={"OTEL_TRACES_EXPORTER": "none"}, network=False)
+
+    # Since traces need no export for their ids, setup still injects them and sets the headers.
+    assert line_of(report, RUNS, "structlog") == (
+        f"structlog: structlog {version('structlog')}: trace ids injected before the renderer "
+        "(their spans are not exported: traces none)"
+    )
+    assert line_of(report, RUNS, "sqlalchemy") == (
+        f"sqlalchemy: SQLAlchemy {version('sqlalchemy')} (otel-dist events; AsyncEngine "
+        "supported); pool metrics only: no statement spans (traces none)"
+    )
+    assert "response trace headers = True; request id header = X-Request-ID" in section(
+        report, "settings (secrets masked)"
+    )
+    assert report.problems == []
+
+
+def test_bad_endpoint_shows_the_value_set_and_names_it() -> None:
+    report = diagnose(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "not-a-url"}, network=False)
+
+    bad = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT='not-a-url' is not valid: expected an absolute http:// or "
+        "https:// URL"
+    )
+    settings_lines = section(report, "settings (secrets masked)")
+    assert "exporters: traces=none metrics=none logs=none" in settings_lines
+    for signal in ("traces", "metrics", "logs"):
+        assert f"otlp {signal}: off: {bad}" in settings_lines
+    assert "localhost:4318" not in report.render()
+    assert report.problems == [bad]
+
+
+def test_no_internal_entry_point_names_in_the_report() -> None:
+    # opentelemetry-instrumentation-httpx also declares an "httpx2" instrumentor for a library
+    # that is not installed: the launcher skips it silently, and so does the report.
+    assert "httpx2" not in diagnose(env={}, network=False).render()
+
+
+def test_setup_skips_what_doctor_says_will_not_run() -> None:
+    env = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    report = diagnose(env=env, network=False)
+    plan = make_plan(load_settings(env, strict=False), strict=False)
+
+    skipped = {line.split(": ", 1)[0] for line in section(report, SKIPPED)}
+    assert skipped == {name for name, step in plan.steps.items() if not step.runs}
+    assert skipped == {"sqlalchemy", "runtime metrics"}

@@ -186,6 +186,22 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_bad_signal_less_value_under_launcher_says_its_default_is_used():
+    done = _python(
+        "from otel_dist.telemetry import configure_from_launcher\n"
+        "t = configure_from_launcher()\n"
+        "print(t.settings.error_format, t.settings.exporter('traces'))\n",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_DIST_ERROR_FORMAT="xml",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "detail console"
+    assert [line for line in done.stderr.splitlines() if "OTEL_DIST_ERROR_FORMAT" in line] == [
+        "otel-dist: OTEL_DIST_ERROR_FORMAT='xml' is not valid: accepted values: detail, problem "
+        "(its default is used)"
+    ]
+
+
 def test_configure_bad_value_raises_one_clear_error():
     done = _python(
         "from otel_dist import configure\nconfigure(sampler='traceidratio', sampler_arg='abc')"

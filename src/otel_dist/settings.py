@@ -120,6 +120,8 @@ class Settings:
     export_report_interval_s: float = 60.0
     trust_incoming_context: bool = True
     problems: tuple[str, ...] = ()
+    # The problems that turned each signal's exporter to ``none`` (lenient loading only).
+    signal_problems: Mapping[Signal, tuple[str, ...]] = field(default_factory=dict)
 
     def instrumentation_enabled(self, name: str) -> bool:
         """False when OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names ``name`` (or ``*``)."""
@@ -480,7 +482,7 @@ class _Resolver:
         self.overrides = overrides
         self.strict = strict
         self.problems: list[str] = []
-        self.broken_signals: set[Signal] = set()
+        self.broken_signals: dict[Signal, list[str]] = {}
 
     def value(
         self,
@@ -501,7 +503,7 @@ class _Resolver:
                 raise ConfigurationError(message) from None
             self.problems.append(message)
             if signal is not None:
-                self.broken_signals.add(signal)
+                self.broken_signals.setdefault(signal, []).append(message)
             return default
 
     def _raw(self, name: str, env_names: Sequence[str]) -> tuple[str | None, Any]:
@@ -629,7 +631,7 @@ def _batch(
         if resolver.strict:
             raise ConfigurationError(message)
         resolver.problems.append(message)
-        resolver.broken_signals.add(signal)
+        resolver.broken_signals.setdefault(signal, []).append(message)
         return default
     return batch
 
@@ -665,6 +667,7 @@ def load_settings(
     for signal in resolver.broken_signals:
         values[f"{signal}_exporter"] = "none"
     values["problems"] = tuple(resolver.problems)
+    values["signal_problems"] = {s: tuple(p) for s, p in resolver.broken_signals.items()}
     return Settings(**values)
 
 

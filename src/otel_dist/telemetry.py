@@ -7,12 +7,11 @@ small function below; ``_setup`` reads as the list of them.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import wrapt
@@ -28,17 +27,12 @@ from otel_dist.fastapi.incoming_context import (
 from otel_dist.fastapi.instrument import FastAPIInstrumentation, chosen_mode
 from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.internal_log import internal_logger, make_visible
+from otel_dist.plan import SDK_DISABLED, make_plan
 from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk.export_health import fold_sdk_export_messages
 from otel_dist.sdk.providers import Providers, build_providers
-from otel_dist.settings import (
-    SAMPLER_FALLBACK,
-    SIGNALS,
-    ConfigurationError,
-    Settings,
-    load_settings,
-)
+from otel_dist.settings import SAMPLER_FALLBACK, ConfigurationError, Settings, load_settings
 from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchemy
 
 _log = internal_logger()
@@ -172,16 +166,17 @@ def _add_targets(telemetry: Telemetry, app: Any, engines: list[Any]) -> None:
 
 
 def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) -> Telemetry:
-    scrubber = Scrubber(settings.scrub_patterns, enabled=settings.scrub)
+    plan = make_plan(settings, strict=strict)
+    _report_problems(plan.problems, plan.turns_signal_off)
     if settings.sdk_disabled:
-        _report_problems(settings)
-        telemetry = Telemetry(settings, Providers(_empty_resource(), None, None, None))
-        telemetry.skipped["all"] = "OTEL_SDK_DISABLED=true"
+        telemetry = Telemetry(plan.settings, Providers(_empty_resource(), None, None, None))
+        telemetry.skipped["all"] = SDK_DISABLED
         return telemetry
+    scrubber = Scrubber(settings.scrub_patterns, enabled=settings.scrub)
     _prefer_stable_http_semconv()
-    providers, export_problems = build_providers(settings, scrubber, strict=strict)
-    _report_problems(settings, export_problems)
-    telemetry = Telemetry(_as_run(settings, providers), providers)
+    providers, build_problems = build_providers(plan.settings, scrubber, strict=strict)
+    _report_problems(build_problems, lambda _problem: True)
+    telemetry = Telemetry(plan.settings, providers)
     _install_globals(providers)
     _guard_untrusted_edge(telemetry)
     _summarise_export_failures(telemetry)
@@ -190,29 +185,26 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
     telemetry._exit_hooks = ExitHooks(
         telemetry._shutdown_providers, telemetry._flush_all, settings.shutdown_timeout_s
     )
-    _instrument_fastapi(telemetry, app)
-    _instrument_sqlalchemy(telemetry, engines)
-    _instrument_logs(telemetry, scrubber)
-    _instrument_httpx(telemetry)
-    _instrument_runtime(telemetry)
+    for name, instrument in _STEPS:
+        decision = plan.steps[name]
+        if decision.runs:
+            instrument(telemetry, scrubber, app, engines)
+        else:
+            telemetry.skipped[name] = decision.why
     telemetry._exit_hooks.install()
     _log.debug("otel-dist: instrumented %s; skipped %s", telemetry.instrumented, telemetry.skipped)
     return telemetry
 
 
-def _as_run(settings: Settings, providers: Providers) -> Settings:
-    # The handle shows the exporters that really run: a signal that could not export is none.
-    off: dict[str, Any] = {f"{s}_exporter": "none" for s in SIGNALS if not providers.exports(s)}
-    return replace(settings, **off)
-
-
-def _report_problems(settings: Settings, export_problems: Iterable[str] = ()) -> None:
+def _report_problems(problems: Iterable[str], turns_signal_off: Callable[[str], bool]) -> None:
     # One line per bad value: the launcher must say what is wrong without crashing the app.
-    for problem in (*settings.problems, *export_problems):
+    for problem in problems:
         if problem.endswith(SAMPLER_FALLBACK):  # says itself what happens instead
             _log.error("otel-dist: %s", problem)
-        else:
+        elif turns_signal_off(problem):
             _log.error("otel-dist: %s (telemetry for that setting's signal is off)", problem)
+        else:
+            _log.error("otel-dist: %s (its default is used)", problem)
 
 
 def _empty_resource() -> Any:
@@ -261,10 +253,7 @@ def _summarise_export_failures(telemetry: Telemetry) -> None:
         telemetry._extra_uninstrument.append(fold_sdk_export_messages(health))
 
 
-def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:
-    if not telemetry.settings.instrumentation_enabled("fastapi"):
-        telemetry.skipped["fastapi"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
-        return
+def _instrument_fastapi(telemetry: Telemetry, _scrubber: Scrubber, app: Any, _e: Any) -> None:
     mode = chosen_mode(telemetry.settings)
     instrumentation = FastAPIInstrumentation(
         telemetry.settings, telemetry.providers, mode, telemetry._exit_hooks
@@ -276,17 +265,12 @@ def _instrument_fastapi(telemetry: Telemetry, app: Any) -> None:
     telemetry.instrumented.append(f"fastapi ({mode})")
 
 
-def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
+def _instrument_sqlalchemy(
+    telemetry: Telemetry, _scrubber: Scrubber, _app: Any, engines: list[Any]
+) -> None:
     providers = telemetry.providers
-    if not telemetry.settings.instrumentation_enabled("sqlalchemy"):
-        telemetry.skipped["sqlalchemy"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
-        return
-    traced = providers.exports("traces")
-    if not traced and providers.meter_provider is None:
-        telemetry.skipped["sqlalchemy"] = "traces and metrics are both off"
-        return
     # Statement spans nobody exports would only cost time: the request's span stays current.
-    tracer_provider = providers.tracer_provider if traced else None
+    tracer_provider = providers.tracer_provider if providers.exports("traces") else None
     telemetry._sqlalchemy = instrument_sqlalchemy(
         tracer_provider=tracer_provider or trace.NoOpTracerProvider(),
         meter_provider=providers.meter_provider or metrics.NoOpMeterProvider(),
@@ -296,37 +280,20 @@ def _instrument_sqlalchemy(telemetry: Telemetry, engines: list[Any]) -> None:
     telemetry.instrumented.append("sqlalchemy")
 
 
-def _instrument_logs(telemetry: Telemetry, scrubber: Scrubber) -> None:
-    settings = telemetry.settings
-    if not (
-        settings.instrumentation_enabled("logging")
-        and settings.instrumentation_enabled("structlog")
-    ):
-        telemetry.skipped["logging"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
-        return
-    if not settings.log_correlation and telemetry.providers.logger_provider is None:
-        telemetry.skipped["logging"] = "OTEL_DIST_LOG_CORRELATION=false and logs exporter none"
-        return
+def _instrument_logs(telemetry: Telemetry, scrubber: Scrubber, _app: Any, _e: Any) -> None:
     service_name = str(telemetry.providers.resource.attributes.get("service.name", ""))
     telemetry._logs = log_correlation.install_log_correlation(
         service_name=service_name,
         scrubber=scrubber,
         logger_provider=telemetry.providers.logger_provider,
-        add_ids=settings.log_correlation,
+        add_ids=telemetry.settings.log_correlation,
     )
     telemetry.instrumented.append("logging")
 
 
-def _instrument_httpx(telemetry: Telemetry) -> None:
-    if not telemetry.settings.instrumentation_enabled("httpx"):
-        telemetry.skipped["httpx"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
-        return
-    if importlib.util.find_spec("httpx") is None:
-        telemetry.skipped["httpx"] = "httpx is not installed"
-        return
-
+def _instrument_httpx(telemetry: Telemetry, _scrubber: Scrubber, _app: Any, _e: Any) -> None:
     # httpx and its instrumentation cost about 5 MB and 80 ms to import: paid only by processes
-    # that import httpx (the app, now or later, or the launcher's httpx2 instrumentor). The
+    # that import httpx (the app, now or later, or the launcher's own httpx instrumentor). The
     # contrib module imports httpx itself, so an import of it fires the httpx hook while it is
     # still executing: the httpx hook leaves that case to the hook on the module.
     def when_httpx_imported(_module: Any) -> None:
@@ -371,28 +338,27 @@ _RUNTIME_METRICS: dict[str, list[str] | None] = {
 }
 
 
-def _instrument_runtime(telemetry: Telemetry) -> None:
-    if not telemetry.settings.runtime_metrics:
-        telemetry.skipped["runtime metrics"] = "OTEL_DIST_RUNTIME_METRICS=false"
-        return
-    if not telemetry.settings.instrumentation_enabled("system_metrics"):
-        telemetry.skipped["runtime metrics"] = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
-        return
-    if telemetry.providers.meter_provider is None:
-        telemetry.skipped["runtime metrics"] = "metrics exporter is none"
-        return
-    try:
-        from opentelemetry.instrumentation.system_metrics import (  # noqa: PLC0415
-            SystemMetricsInstrumentor,
-        )
-    except ImportError as exc:
-        telemetry.skipped["runtime metrics"] = f"system-metrics instrumentation unavailable: {exc}"
-        return
+def _instrument_runtime(telemetry: Telemetry, _scrubber: Scrubber, _app: Any, _e: Any) -> None:
+    from opentelemetry.instrumentation.system_metrics import (  # noqa: PLC0415
+        SystemMetricsInstrumentor,
+    )
+
     instrumentor = SystemMetricsInstrumentor(config=_RUNTIME_METRICS)
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(meter_provider=telemetry.providers.meter_provider)
         telemetry._extra_uninstrument.append(instrumentor.uninstrument)
     telemetry.instrumented.append("runtime metrics")
+
+
+_Step = Callable[[Telemetry, Scrubber, Any, list[Any]], None]
+# What carries out each step of the plan ("structlog" is part of the "logging" step).
+_STEPS: tuple[tuple[str, _Step], ...] = (
+    ("fastapi", _instrument_fastapi),
+    ("sqlalchemy", _instrument_sqlalchemy),
+    ("logging", _instrument_logs),
+    ("httpx", _instrument_httpx),
+    ("runtime metrics", _instrument_runtime),
+)
 
 
 __all__ = ["ConfigurationError", "Telemetry", "active", "configure", "configure_from_launcher"]

@@ -11,8 +11,8 @@ listen and speaking what they speak:
   appended), so a request anywhere else would be answered 404 and counted as lost.
 
 The stand-ins are a second instance of our collector build, receiving on those two routes only
-and forwarding to the project's OTLP sink (``otel_dist.tools.sink``), which decodes every record. The
-example shop sends to the collector under test. Every span and log record the collector accepted
+and forwarding to the project's OTLP sink (``otel_dist.tools.sink``), which decodes every record.
+The example shop sends to the collector under test. Every span and log record the collector accepted
 must reach the sink through the right route, each with its request's trace id and the shop's
 resource attributes.
 """

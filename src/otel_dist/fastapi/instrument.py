@@ -23,6 +23,7 @@ from otel_dist.fastapi.errors import install_error_handlers, keep_server_duplica
 from otel_dist.fastapi.middleware import TelemetryMiddleware, insert_inside_server_span
 from otel_dist.fastapi.server_span import ServerTelemetry
 from otel_dist.internal_log import internal_logger
+from otel_dist.plan import fastapi_mode
 from otel_dist.process import ExitHooks, FlushWhenServerStops
 from otel_dist.sdk.providers import Providers
 from otel_dist.settings import Settings
@@ -31,27 +32,16 @@ _log = internal_logger()
 _MARK = "_otel_dist_instrumented"
 
 
-def native_telemetry_available() -> bool:
-    """True when the installed FastAPI has the native telemetry hooks we drive."""
-    try:
-        from fastapi.telemetry._api import _RequestTelemetry  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True
-
-
 def chosen_mode(settings: Settings) -> str:
     """``native`` or ``contrib``, from the settings and the installed FastAPI."""
-    if settings.http_instrumentation == "contrib":
-        return "contrib"
-    available = native_telemetry_available()
-    if settings.http_instrumentation == "native" and not available:
+    mode = fastapi_mode(settings)
+    if settings.http_instrumentation == "native" and mode != "native":
         _log.warning(
             "otel-dist: OTEL_DIST_HTTP_INSTRUMENTATION=native but FastAPI %s has no native "
             "telemetry; using the contrib middleware",
             fastapi.__version__,
         )
-    return "native" if available else "contrib"
+    return mode
 
 
 def excluded_predicate(patterns: tuple[str, ...]) -> Callable[[MutableMapping[str, Any]], bool]:

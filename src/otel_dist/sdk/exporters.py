@@ -9,6 +9,7 @@ flush pass straight through (``_Delegating``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +51,8 @@ def _otlp_kwargs(otlp: OtlpSettings) -> dict[str, Any]:
     }
 
 
-def _grpc_missing(signal: Signal) -> ConfigurationError:
+def grpc_exporter_missing(signal: Signal) -> ConfigurationError:
+    """The error for an OTLP/gRPC export without the ``[grpc]`` extra installed."""
     return ConfigurationError(
         f"OTEL_EXPORTER_OTLP_PROTOCOL=grpc (for {signal}) needs the gRPC exporter, which is not "
         "installed: pip install 'otel-dist[grpc]', or use http/protobuf"
@@ -83,6 +85,15 @@ _OTLP_EXPORTERS: dict[Signal, dict[str, tuple[str, str]]] = {
 }
 
 
+def otlp_exporter_available(settings: Settings, signal: Signal) -> bool:
+    """True when the OTLP exporter of ``signal`` for the configured protocol is installed."""
+    module_name, _ = _OTLP_EXPORTERS[signal][settings.otlp[signal].protocol]
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
 def _otlp_exporter(
     settings: Settings, signal: Signal, meter_provider: MeterProvider | None = None
 ) -> Any:
@@ -96,7 +107,7 @@ def _otlp_exporter(
         exporter_class = getattr(importlib.import_module(module_name), class_name)
     except ImportError:
         if otlp.protocol == "grpc":
-            raise _grpc_missing(signal) from None
+            raise grpc_exporter_missing(signal) from None
         raise
     if otlp.protocol == "grpc":
         compression = _grpc_compression(otlp)

@@ -88,13 +88,20 @@ def prometheus_reader(settings: Settings) -> tuple[MetricReader, PrometheusEndpo
     """
     from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
 
-    host = settings.prometheus_host
+    problem = prometheus_host_problem(settings.prometheus_host)
+    if problem is not None:
+        raise ConfigurationError(problem)
+    return PrometheusMetricReader(), PrometheusEndpoint(
+        settings.prometheus_host, settings.prometheus_port
+    )
+
+
+def prometheus_host_problem(host: str) -> str | None:
+    """None when this process can listen on ``host``; else the problem, naming the variable."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
         with socket.socket(family, kind, proto) as probe:
             probe.bind(address)
     except OSError as exc:
-        raise ConfigurationError(
-            f"OTEL_EXPORTER_PROMETHEUS_HOST={host!r}: cannot listen on it ({exc})"
-        ) from None
-    return PrometheusMetricReader(), PrometheusEndpoint(host, settings.prometheus_port)
+        return f"OTEL_EXPORTER_PROMETHEUS_HOST={host!r}: cannot listen on it ({exc})"
+    return None

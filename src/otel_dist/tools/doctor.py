@@ -1,8 +1,10 @@
 """``otel-dist doctor``: what otel-dist would do in this environment, and what stands in its way.
 
-It reads the same settings as ``configure()`` (leniently, so every bad value is listed), and
-reports: the effective settings with secrets masked, versions, which instrumentations run and,
-for each that won't, why; conflicting distros/configurators; whether each OTLP endpoint answers.
+It reads the same settings as ``configure()`` (leniently, so every bad value is listed) and prints
+the same plan setup follows (``otel_dist.plan``): the settings as they will run, with secrets
+masked, versions, which instrumentations run and, for each that won't, why; conflicting
+distros/configurators; whether each OTLP endpoint answers. It exits 1 on any problem, so on
+every setting that would turn a signal off.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
-from importlib.util import find_spec
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from otel_dist import __version__
 from otel_dist.distro import CHOOSERS, HANDLED_BY_OTEL_DIST, NAME, conflicts
-from otel_dist.settings import SIGNALS, Settings, Signal, load_settings
+from otel_dist.plan import Plan, installed, make_plan
+from otel_dist.settings import SIGNALS, Signal, load_settings
 
 MASK = "***"
 _VERSIONED = (
@@ -44,6 +46,7 @@ _VERSIONED = (
 _SECRET_VALUE_VARIABLE = re.compile(r"OTEL_EXPORTER_OTLP_(?:[A-Z]+_)?HEADERS")
 _URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s']*@")
 _PROBLEM_SEPARATOR = " is not valid: "
+_LIBRARY_ABSENT = "library not installed"
 USAGE = "usage: otel-dist doctor [--no-network]"
 
 
@@ -94,14 +97,8 @@ def mask_problem(problem: str) -> str:
     return _URL_USERINFO.sub(f"{MASK}@", problem)
 
 
-def _installed(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _settings_lines(settings: Settings) -> list[str]:
+def _settings_lines(plan: Plan) -> list[str]:
+    settings = plan.settings
     unset_name = "(OTEL_SERVICE_NAME unset: unknown_service:python)"
     lines = [
         f"service.name = {settings.service_name or unset_name}",
@@ -109,13 +106,7 @@ def _settings_lines(settings: Settings) -> list[str]:
         f"logs={settings.exporter('logs')}",
         f"sampler = {settings.sampler} (arg {settings.sampler_arg})",
     ]
-    for signal in SIGNALS:
-        otlp = settings.otlp[signal]
-        headers = ", ".join(f"{k}={MASK}" for k in otlp.headers) or "none"
-        lines.append(
-            f"otlp {signal}: {mask_url(otlp.endpoint)} ({otlp.protocol}, "
-            f"timeout {otlp.timeout_s}s, compression {otlp.compression}, headers: {headers})"
-        )
+    lines += [_otlp_line(plan, signal) for signal in SIGNALS]
     lines += [
         f"excluded urls = {', '.join(settings.excluded_urls) or 'none'}",
         f"http instrumentation = {settings.http_instrumentation}",
@@ -129,103 +120,29 @@ def _settings_lines(settings: Settings) -> list[str]:
     return lines
 
 
-_Verdict = tuple[bool, str]  # (runs, why)
+def _otlp_line(plan: Plan, signal: Signal) -> str:
+    """Where ``signal`` goes over OTLP; for a signal a problem turned off, that problem.
 
-
-def _exports(settings: Settings, signal: Signal) -> bool:
-    return settings.exporter(signal) != "none"
-
-
-def _fastapi(settings: Settings) -> _Verdict:
-    fastapi_version = _installed("fastapi")
-    if fastapi_version is None:
-        return False, "FastAPI is not installed"
-    native = find_spec("fastapi.telemetry") is not None
-    mode = "contrib" if settings.http_instrumentation == "contrib" or not native else "native"
-    why = f"FastAPI {fastapi_version}, {mode} telemetry"
-    if settings.http_instrumentation == "native" and not native:
-        why += " (OTEL_DIST_HTTP_INSTRUMENTATION=native, but this FastAPI has none)"
-    if not (_exports(settings, "traces") or _exports(settings, "metrics")):
-        # telemetry.py still adds the middleware and error handlers.
-        why += (
-            "; request ids, trace context and error bodies only: traces and metrics exporters "
-            "are none"
-        )
-    return True, why
-
-
-def _sqlalchemy(settings: Settings) -> _Verdict:
-    sa_version = _installed("sqlalchemy")
-    if sa_version is None:
-        return False, "SQLAlchemy is not installed"
-    if not (_exports(settings, "traces") or _exports(settings, "metrics")):
-        return False, "traces and metrics exporters are none"
-    greenlet = (
-        "AsyncEngine supported"
-        if _installed("greenlet")
-        else "greenlet not installed: sync engines only"
+    The problem quotes the value the user set: the endpoint the settings fell back to is not
+    where anything would be sent.
+    """
+    export = plan.exports[signal]
+    if not export.runs and export.why in plan.problems:
+        return f"otlp {signal}: off: {mask_problem(export.why)}"
+    otlp = plan.settings.otlp[signal]
+    headers = ", ".join(f"{k}={MASK}" for k in otlp.headers) or "none"
+    return (
+        f"otlp {signal}: {mask_url(otlp.endpoint)} ({otlp.protocol}, "
+        f"timeout {otlp.timeout_s}s, compression {otlp.compression}, headers: {headers})"
     )
-    return True, f"SQLAlchemy {sa_version} (otel-dist events; {greenlet})"
-
-
-def _structlog(settings: Settings) -> _Verdict:
-    structlog_version = _installed("structlog")
-    if structlog_version is None:
-        return False, "structlog not installed"
-    if not settings.log_correlation:
-        return False, "OTEL_DIST_LOG_CORRELATION=false"
-    return True, f"structlog {structlog_version}: trace ids injected before the renderer"
-
-
-def _logging(settings: Settings) -> _Verdict:
-    exported = {"otlp": "; exported over OTLP", "console": "; exported to the console"}.get(
-        settings.exporter("logs"), ""
-    )
-    if settings.log_correlation:
-        return True, "stdlib records get trace_id/span_id/request_id" + exported
-    if exported:
-        return True, f"records{exported}, no ids added (OTEL_DIST_LOG_CORRELATION=false)"
-    return False, "OTEL_DIST_LOG_CORRELATION=false and logs exporter none"
-
-
-def _httpx(settings: Settings) -> _Verdict:
-    if _installed("httpx") is None:
-        return False, "httpx not installed"
-    # The trace context is propagated whatever is exported (telemetry.py).
-    if _exports(settings, "traces"):
-        return True, "outgoing calls carry traceparent"
-    return True, "outgoing calls carry traceparent; their spans are not exported (traces none)"
-
-
-def _runtime_metrics(settings: Settings) -> _Verdict:
-    if not settings.runtime_metrics:
-        return False, "OTEL_DIST_RUNTIME_METRICS=false"
-    if not _exports(settings, "metrics"):
-        return False, "metrics exporter is none"
-    return True, "process CPU/memory/threads/GC"
-
-
-_OURS: tuple[tuple[str, Callable[[Settings], _Verdict]], ...] = (
-    ("fastapi", _fastapi),
-    ("sqlalchemy", _sqlalchemy),
-    ("structlog", _structlog),
-    ("logging", _logging),
-    ("httpx", _httpx),
-    ("runtime metrics", _runtime_metrics),
-)
-
-
-# The OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names that turn each of ours off (logging and
-# structlog are one unit in otel-dist: either name turns both off).
-_DISABLE_NAMES = {
-    "runtime metrics": ("system_metrics",),
-    "logging": ("logging", "structlog"),
-    "structlog": ("logging", "structlog"),
-}
 
 
 def _contrib_problem(ep: EntryPoint) -> str | None:
-    """None when the launcher would instrument with ``ep``; else why it skips it."""
+    """None when the launcher would instrument with ``ep``; else why it skips it.
+
+    ``_LIBRARY_ABSENT`` when the library it instruments is not installed: the launcher skips it
+    silently, and its entry point name (``httpx2`` beside ``httpx``) means nothing to a user.
+    """
     from opentelemetry.instrumentation.dependencies import (  # noqa: PLC0415
         get_dependency_conflicts,
         get_dist_dependency_conflicts,
@@ -239,7 +156,11 @@ def _contrib_problem(ep: EntryPoint) -> str | None:
             conflict = get_dependency_conflicts(ep.load()().instrumentation_dependencies())
     except Exception as exc:  # doctor reports, never crashes
         return f"cannot be loaded: {exc}"
-    return None if conflict is None else str(conflict)
+    if conflict is None:
+        return None
+    if not (conflict.found or conflict.found_any):
+        return _LIBRARY_ABSENT
+    return str(conflict)
 
 
 def _contrib_instrumentations(env: Mapping[str, str]) -> list[tuple[str, bool, str]]:
@@ -253,6 +174,8 @@ def _contrib_instrumentations(env: Mapping[str, str]) -> list[tuple[str, bool, s
             found.append((ep.name, False, "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"))
             continue
         problem = _contrib_problem(ep)
+        if problem is _LIBRARY_ABSENT:
+            continue
         if problem is None:
             found.append(
                 (ep.name, True, "contrib instrumentor, loaded by opentelemetry-instrument")
@@ -262,21 +185,12 @@ def _contrib_instrumentations(env: Mapping[str, str]) -> list[tuple[str, bool, s
     return found
 
 
-def _instrumentation_lines(
-    settings: Settings, env: Mapping[str, str]
-) -> tuple[list[str], list[str]]:
+def _instrumentation_lines(plan: Plan, env: Mapping[str, str]) -> tuple[list[str], list[str]]:
     """Lines for the instrumentations that will run, and those that won't (with the reason)."""
-    verdicts = [
-        (name, *verdict(settings))
-        if all(settings.instrumentation_enabled(n) for n in _DISABLE_NAMES.get(name, (name,)))
-        else (name, False, "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS")
-        for name, verdict in _OURS
-    ]
-    if settings.sdk_disabled:
-        verdicts = [(name, False, "OTEL_SDK_DISABLED=true") for name, _, _ in verdicts]
+    ours = [(name, decision.runs, decision.why) for name, decision in plan.steps.items()]
     lines: list[str] = []
     skipped: list[str] = []
-    for name, runs, why in verdicts + _contrib_instrumentations(env):
+    for name, runs, why in ours + _contrib_instrumentations(env):
         (lines if runs else skipped).append(f"{name}: {why}")
     return lines, skipped
 
@@ -337,7 +251,8 @@ def _http_problem(status: int) -> str | None:
 Probe = Callable[[str, Mapping[str, str], float], str | None]
 
 
-def _endpoint_lines(settings: Settings, probe: Probe, report: Report) -> list[str]:
+def _endpoint_lines(plan: Plan, probe: Probe, report: Report) -> list[str]:
+    settings = plan.settings
     lines: list[str] = []
     for signal in SIGNALS:
         if settings.exporter(signal) != "otlp":
@@ -346,7 +261,7 @@ def _endpoint_lines(settings: Settings, probe: Probe, report: Report) -> list[st
         otlp = settings.otlp[signal]
         shown = mask_url(otlp.endpoint)
         if otlp.protocol == "grpc":
-            problem = _probe_grpc(otlp.endpoint, min(otlp.timeout_s, 3.0))
+            problem = probe_grpc(otlp.endpoint, min(otlp.timeout_s, 3.0))
         else:
             problem = probe(otlp.endpoint, otlp.headers, min(otlp.timeout_s, 3.0))
         if problem is None:
@@ -358,7 +273,8 @@ def _endpoint_lines(settings: Settings, probe: Probe, report: Report) -> list[st
     return lines
 
 
-def _probe_grpc(endpoint: str, timeout: float) -> str | None:
+def probe_grpc(endpoint: str, timeout: float) -> str | None:
+    """None when something accepts TCP connections at the gRPC endpoint; else the problem."""
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 4317)
     host = parts.hostname or "localhost"
@@ -382,24 +298,24 @@ def diagnose(
 ) -> Report:
     """Build the doctor report for ``env`` (default: this process's environment)."""
     env = os.environ if env is None else env
-    settings = load_settings(env, strict=False)
+    plan = make_plan(load_settings(env, strict=False), strict=False)
     report = Report()
     # A bad shared OTLP variable breaks every signal and is recorded once per signal: list it once.
-    report.problems.extend(dict.fromkeys(mask_problem(problem) for problem in settings.problems))
-    report.add("settings (secrets masked)", _settings_lines(settings))
+    report.problems.extend(dict.fromkeys(mask_problem(problem) for problem in plan.problems))
+    report.add("settings (secrets masked)", _settings_lines(plan))
     report.add(
         "versions",
         [f"python {platform.python_version()}", f"otel-dist {__version__}"]
-        + [f"{dist} {_installed(dist) or 'not installed'}" for dist in _VERSIONED],
+        + [f"{dist} {installed(dist) or 'not installed'}" for dist in _VERSIONED],
     )
-    running, skipped = _instrumentation_lines(settings, env)
+    running, skipped = _instrumentation_lines(plan, env)
     report.add("instrumentations that will run", running or ["none"])
     report.add("instrumentations that will not run", skipped or ["none"])
     found = conflicts(env)
     report.problems.extend(found)
     report.add("distros and configurators", _distro_lines(found))
     if network:
-        report.add("endpoints", _endpoint_lines(settings, probe, report))
+        report.add("endpoints", _endpoint_lines(plan, probe, report))
     return report
 
 
