@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import QueuePool
 
 import otel_dist.sqlalchemy as instrumentation_module
+from otel_dist import sql_engines, sql_statements
 from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchemy
 
 CANARY = "canary-7f3a9c-secret-value"
@@ -288,7 +289,7 @@ def test_server_url_gives_attributes_and_a_pool_name_without_password(url, syste
     url = make_url(url)
     engine = SimpleNamespace(url=url, dialect=SimpleNamespace(name=url.get_backend_name()))
 
-    info = instrumentation_module._EngineInfo.of(engine)
+    info = sql_engines._EngineInfo.of(engine)
 
     assert info.pool_name == pool_name
     assert info.span_attributes == {
@@ -450,7 +451,7 @@ def test_instrumentation_failure_is_logged_once_and_the_query_still_runs(
     def broken(_statement: str) -> None:
         raise RuntimeError("parser bug")
 
-    monkeypatch.setattr(instrumentation_module, "_describe_statement", broken)
+    monkeypatch.setattr(sql_engines, "_describe_statement", broken)
     monkeypatch.setattr(instrumentation_module, "_reported", set())
     with caplog.at_level(logging.DEBUG, logger="otel_dist"), engine.connect() as conn:
         assert conn.execute(text("SELECT 1")).scalar() == 1
@@ -478,7 +479,7 @@ def test_instrumentation_failure_is_logged_once_and_the_query_still_runs(
     ],
 )
 def test_operation_and_collection_are_parsed_best_effort(statement, operation, collection):
-    parsed = instrumentation_module._describe_statement(statement)
+    parsed = sql_statements._describe_statement(statement)
     assert (parsed.operation, parsed.collection) == (operation, collection)
 
 

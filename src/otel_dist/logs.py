@@ -37,27 +37,30 @@ Known limits:
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import logging.config
-import os
-import sys
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import structlog
-from opentelemetry._logs import Logger, NoOpLogger
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.instrumentation.structlog import StructlogProcessor
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.trace import get_current_span
-from opentelemetry.util.types import AnyValue
 
 from otel_dist.fastapi.request_id import current_request_id
-from otel_dist.internal_log import INTERNAL_LOGGER, internal_logger
-from otel_dist.scrub import REDACTED, Scrubber
-from otel_dist.settings import option
+from otel_dist.internal_log import internal_logger
+from otel_dist.log_format import configure_structlog
+from otel_dist.log_records import (
+    _OtlpLogHandler,
+    _scrub_event,
+    _scrub_record,
+    _ScrubbedStructlogProcessor,
+    _structlog_record_pending,
+    _warn_once,
+)
+from otel_dist.scrub import Scrubber
 
 __all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install_log_correlation"]
 
@@ -65,30 +68,6 @@ _logger = internal_logger()
 
 # What the record factory adds; `extra=` may set them too (the app's value wins).
 _RECORD_FIELDS = frozenset({"trace_id", "span_id", "trace_flags", "service_name", "request_id"})
-# Carried by the OTLP LogRecord itself (context, resource): not repeated as attributes.
-_CONTEXT_KEYS = frozenset({"trace_id", "span_id", "trace_flags", "service_name", "service.name"})
-# Loggers whose records must not be exported over OTLP: exporting them would log about logging.
-# (``otel_dist.errors``, the unhandled-request-exception log, is exported like any app log.)
-_OWN_LOGGERS = ("opentelemetry", INTERNAL_LOGGER)
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-    "exception": logging.ERROR,
-    "critical": logging.CRITICAL,
-    "fatal": logging.CRITICAL,
-}
-_TRACEBACK_FORMATTER = logging.Formatter()
-# Logger names are few in an app; a bound keeps a name-per-request app from growing memory.
-_LOGGER_CACHE_LIMIT = 1024
-
-# Set by the structlog OTLP processor when the event is about to reach a stdlib logger, and
-# consumed by the record factory: that record was already exported and is marked to be skipped.
-_structlog_record_pending: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "otel_dist_structlog_record_pending", default=None
-)
 
 
 @dataclass(frozen=True)
@@ -100,15 +79,6 @@ class _State:
 
 _state: _State | None = None
 _installed: LogCorrelation | None = None
-_warned: set[str] = set()
-
-
-def _warn_once(where: str) -> None:
-    """Report an internal failure once; logging must go on without our addition."""
-    if where in _warned:
-        return
-    _warned.add(where)
-    _logger.warning("otel_dist.logs: %s failed; continuing without it", where, exc_info=True)
 
 
 def inject_trace_ids(
@@ -147,107 +117,6 @@ def _add_ids(event_dict: MutableMapping[str, Any]) -> None:
     request_id = current_request_id()
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
-
-
-def _scrub_event(event_dict: MutableMapping[str, Any], scrubber: Scrubber) -> None:
-    for key, value in tuple(event_dict.items()):
-        if scrubber.is_sensitive_key(key):
-            event_dict[key] = REDACTED
-        elif type(value) is str:
-            event_dict[key] = scrubber.text(value)
-        elif value is None or isinstance(value, (int, float)):
-            continue  # the common non-text values, without the costlier ABC checks below
-        elif isinstance(value, str):
-            event_dict[key] = scrubber.text(value)
-        elif isinstance(value, (Mapping, list, tuple)):
-            event_dict[key] = scrubber.value(value)
-
-
-class _ScrubbedStructlogProcessor(StructlogProcessor):
-    """The contrib processor, minus context keys in attributes and with scrubbed exceptions.
-
-    The event keys are already scrubbed by ``inject_trace_ids``; the exception attributes are
-    formatted here from ``exc_info``, so they are scrubbed here.
-    """
-
-    def __init__(self, logger_provider: LoggerProvider, scrubber: Scrubber) -> None:
-        super().__init__(logger_provider=logger_provider)  # type: ignore[no-untyped-call]
-        self._scrubber = scrubber
-        self._provider = logger_provider
-        # OTel logger per structlog logger name: the provider's lookup takes a lock every time.
-        self._loggers: dict[str, Logger] = {}
-
-    def __call__(self, logger: Any, method_name: str, event_dict: dict[Any, Any]) -> dict[Any, Any]:
-        try:
-            # As the contrib processor does, with the OTel logger looked up once per name.
-            name = getattr(logger, "name", StructlogProcessor.__module__)
-            otel_logger = self._loggers.get(name)
-            if otel_logger is None:
-                otel_logger = self._provider.get_logger(name)
-                if len(self._loggers) < _LOGGER_CACHE_LIMIT:
-                    self._loggers[name] = otel_logger
-            if not isinstance(otel_logger, NoOpLogger):
-                otel_logger.emit(self._translate(event_dict, method_name))
-            if isinstance(logger, logging.Logger) and logger.isEnabledFor(
-                _LEVELS.get(method_name, logging.NOTSET)
-            ):
-                _structlog_record_pending.set(logger.name)
-        except Exception:
-            _warn_once("structlog OTLP export")
-        return event_dict
-
-    # The contrib declares it a staticmethod but calls it as self._get_attributes(event_dict).
-    def _get_attributes(self, event_dict: dict[Any, Any]) -> dict[str, Any]:  # type: ignore[override]
-        attributes = StructlogProcessor._get_attributes(event_dict)
-        for key in _CONTEXT_KEYS.intersection(attributes):
-            del attributes[key]
-        return self._scrubber.attributes(attributes) or attributes
-
-
-class _OtlpLogHandler(LoggingHandler):
-    """The contrib OTLP handler for stdlib records that structlog did not already export."""
-
-    def __init__(self, logger_provider: LoggerProvider, scrubber: Scrubber) -> None:
-        super().__init__(level=logging.NOTSET, logger_provider=logger_provider)
-        self._scrubber = scrubber
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Export ``record`` unless it came from structlog or from OTel / otel_dist itself."""
-        if getattr(record, "_from_structlog", False) or isinstance(record.msg, dict):
-            return
-        if record.name.startswith(_OWN_LOGGERS):
-            return
-        try:
-            super().emit(record)
-        except Exception:
-            self.handleError(record)
-
-    def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
-        attributes: dict[str, AnyValue]
-        # The record factory already formatted and scrubbed the traceback: reuse it rather than
-        # formatting and scrubbing it a second time (the costliest part of a 500). Without the
-        # traceback object the contrib handler still sets exception.type and .message.
-        exc_info = record.exc_info
-        stacktrace = record.exc_text if exc_info and record.exc_text else None
-        if stacktrace is not None and exc_info:
-            exc_type, exc_value, _ = exc_info
-            if exc_type is not None and exc_value is not None:
-                record.exc_info = (exc_type, exc_value, None)
-        try:
-            attributes, event_name = super()._get_attributes(record)
-        finally:
-            record.exc_info = exc_info
-        for key in _CONTEXT_KEYS.intersection(attributes):
-            del attributes[key]
-        attributes.pop("_from_structlog", None)
-        if attributes.get("request_id") == "":
-            del attributes["request_id"]
-        if stacktrace is not None:
-            attributes.pop("exception.stacktrace", None)
-        scrubbed = self._scrubber.attributes(attributes) or attributes
-        if stacktrace is not None:
-            scrubbed["exception.stacktrace"] = stacktrace
-        return scrubbed, event_name
 
 
 @dataclass
@@ -481,7 +350,7 @@ class LogCorrelation:
         root = logging.getLogger()
         if any(isinstance(h, LoggingHandler) for h in root.handlers):
             _logger.warning(
-                "otel_dist.logs: the root logger already has an OTel LoggingHandler; stdlib "
+                "otel-dist: the root logger already has an OTel LoggingHandler; stdlib "
                 "records may be exported twice (disable the 'logging' auto-instrumentation)"
             )
         root.addHandler(handler)
@@ -507,30 +376,6 @@ class LogCorrelation:
                 root.addHandler(handler)
 
         return keeping_handler
-
-
-def _scrub_record(record: logging.LogRecord, scrubber: Scrubber) -> None:
-    args = record.args
-    if args:
-        if isinstance(args, Mapping):
-            record.args = scrubber.mapping(args)
-        else:
-            record.args = tuple(scrubber.text(a) if isinstance(a, str) else a for a in args)
-    msg = record.msg
-    if isinstance(msg, str):
-        scrubbed = scrubber.text(msg)
-        if scrubbed != msg:
-            if record.args:
-                # The template itself held a secret ("token=%s"): its placeholders may be gone,
-                # so render the message once and keep the scrubbed result.
-                try:
-                    scrubbed = scrubber.text(record.getMessage())
-                    record.args = ()
-                except (TypeError, ValueError, KeyError):
-                    pass  # the app's own format error; the stdlib reports it when formatting
-            record.msg = scrubbed
-    if record.exc_info and not record.exc_text:
-        record.exc_text = scrubber.text(_TRACEBACK_FORMATTER.formatException(record.exc_info))
 
 
 def install_log_correlation(
@@ -559,38 +404,3 @@ def install_log_correlation(
     correlation._install()
     _installed = correlation
     return correlation
-
-
-def _stdout_is_tty() -> bool:
-    stream = sys.stdout
-    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
-
-
-def configure_structlog(
-    *, log_format: Literal["auto", "json", "console"] | None = None, level: int = logging.INFO
-) -> None:
-    """Configure structlog sensibly: JSON lines for machines, readable lines on a terminal.
-
-    ``log_format`` defaults to ``OTEL_DIST_LOG_FORMAT`` (``auto``): ``"auto"`` picks the
-    console renderer when stdout is a TTY, JSON otherwise. Events below ``level`` are dropped
-    before any processor runs. Output goes to stdout. When log correlation is installed (before
-    or after this call), ``inject_trace_ids`` is inserted before the renderer.
-    """
-    if log_format is None:
-        # OTEL_DIST_LOG_FORMAT, validated like every other setting.
-        log_format = option("log_format").parse(os.environ.get("OTEL_DIST_LOG_FORMAT") or "auto")
-    console = log_format == "console" or (log_format == "auto" and _stdout_is_tty())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso"),
-    ]
-    if console:
-        processors.append(structlog.dev.ConsoleRenderer(colors=_stdout_is_tty()))
-    else:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(),
-    )

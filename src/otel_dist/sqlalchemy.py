@@ -19,27 +19,23 @@ swallowed, and the statement runs as if uninstrumented.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NamedTuple
-from urllib.parse import quote
+from typing import Any
 
 import sqlalchemy.exc
 from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import AttributeValue
+from opentelemetry.trace import SpanKind, StatusCode, TracerProvider
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
 from sqlalchemy.pool import Pool, PoolProxiedConnection, QueuePool
 
 from otel_dist.internal_log import internal_logger
+from otel_dist.sql_engines import _Execution, _pools
+from otel_dist.sql_statements import _with_traceparent_comment
 
 __all__ = ["SqlAlchemyInstrumentation", "instrument_sqlalchemy"]
 
@@ -47,23 +43,12 @@ _logger = internal_logger()
 
 _DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
-# Dialect names whose semconv `db.system.name` differs; any other dialect name is used as is.
-_DB_SYSTEM_NAMES = {"mssql": "microsoft.sql_server", "oracle": "oracle.db"}
-
 _STATE = "db.client.connection.state"
 _POOL_NAME = "db.client.connection.pool.name"
 
 # Where a statement's in-flight span lives: on SQLAlchemy's per-execution context object, so it
 # dies with the execution even if no closing event ever fires.
 _EXECUTION_ATTR = "_otel_dist_execution"
-# Checkouts waiting for a connection, kept on the pool object (it dies with the pool).
-_PENDING_ATTR = "_otel_dist_pending"
-# Statements whose span name and attributes are kept per engine (SQLAlchemy reuses compiled
-# statements, so an app has few); more than that are described anew each time.
-_PREPARED_LIMIT = 512
-
-_PROPAGATOR = TraceContextTextMapPropagator()
-
 _lock = threading.Lock()
 _active: SqlAlchemyInstrumentation | None = None
 
@@ -93,7 +78,7 @@ def instrument_sqlalchemy(
             _active._install()
         elif (tracer_provider, meter_provider, sqlcommenter) != _active._options:
             _logger.warning(
-                "otel_dist: SQLAlchemy is already instrumented; keeping the first providers "
+                "otel-dist: SQLAlchemy is already instrumented; keeping the first providers "
                 "and sqlcommenter setting"
             )
         instrumentation = _active
@@ -319,181 +304,6 @@ class SqlAlchemyInstrumentation:
         return observations
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A statement's span name and attributes, shared by its executions (never mutated)."""
-
-    span_name: str
-    span_attributes: dict[str, AttributeValue]
-    metric_attributes: dict[str, AttributeValue]
-
-
-@dataclass(frozen=True)
-class _EngineInfo:
-    """What every statement of one engine shares, computed once per engine."""
-
-    pool_name: str
-    system: str
-    metric_attributes: dict[str, AttributeValue]
-    span_attributes: dict[str, AttributeValue]
-    _statements: dict[str, _Prepared] = field(default_factory=dict, compare=False, repr=False)
-
-    def prepared(self, statement: str) -> _Prepared:
-        """Span name and attributes of ``statement`` on this engine, described once."""
-        prepared = self._statements.get(statement)
-        if prepared is None:
-            parsed = _describe_statement(statement)
-            prepared = _Prepared(
-                parsed.span_name or self.system,
-                {**self.span_attributes, **parsed.attributes, "db.query.text": statement},
-                {**self.metric_attributes, **parsed.attributes},
-            )
-            if len(self._statements) < _PREPARED_LIMIT:
-                self._statements[statement] = prepared
-        return prepared
-
-    @classmethod
-    def of(cls, engine: Engine) -> _EngineInfo:
-        url = engine.url
-        system = _DB_SYSTEM_NAMES.get(engine.dialect.name, engine.dialect.name)
-        shared: dict[str, AttributeValue] = {"db.system.name": system}
-        if url.database:
-            shared["db.namespace"] = url.database
-        server: dict[str, AttributeValue] = {}
-        if url.host:
-            server["server.address"] = url.host
-            if url.port is not None:
-                server["server.port"] = url.port
-        return cls(
-            pool_name=url.render_as_string(hide_password=True),
-            system=system,
-            metric_attributes=shared,
-            span_attributes={**shared, **server},
-        )
-
-
-@dataclass(frozen=True)
-class _Execution:
-    """A statement in flight."""
-
-    span: Span
-    metric_attributes: dict[str, AttributeValue]
-    started: float
-
-
-class _Pools:
-    """Process-wide, like the listeners: engines seen so far (held weakly), waits per pool."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._engines: weakref.WeakKeyDictionary[Engine, _EngineInfo] = weakref.WeakKeyDictionary()
-
-    def register(self, engine: Engine) -> _EngineInfo:
-        """Return the engine's cached attributes, registering it on first sight."""
-        info = self._engines.get(engine)
-        if info is None:
-            info = _EngineInfo.of(engine)
-            with self._lock:
-                info = self._engines.setdefault(engine, info)
-        return info
-
-    def forget_engines(self) -> None:
-        with self._lock:
-            self._engines.clear()
-
-    def current(self) -> list[tuple[str, Pool]]:
-        """(pool name, pool) per registered engine, read now because ``dispose()`` swaps pools.
-
-        Engines made by ``execution_options()`` share their parent's pool: each pool counts once.
-        """
-        with self._lock:
-            engines = list(self._engines.items())
-        pools: dict[int, tuple[str, Pool]] = {}
-        for engine, info in engines:
-            pools.setdefault(id(engine.pool), (info.pool_name, engine.pool))
-        return list(pools.values())
-
-    def name_of(self, pool: Pool) -> str | None:
-        # Only needed on a timeout, which is rare: a scan is fine.
-        return next((name for name, current in self.current() if current is pool), None)
-
-    def add_pending(self, pool: Pool, delta: int) -> None:
-        # Kept on the pool itself: one dict lookup per checkout instead of two weak-key lookups.
-        counts = vars(pool)
-        with self._lock:
-            counts[_PENDING_ATTR] = counts.get(_PENDING_ATTR, 0) + delta
-
-    def pending(self, pool: Pool) -> int:
-        with self._lock:
-            count: int = vars(pool).get(_PENDING_ATTR, 0)
-            return count
-
-
-_pools = _Pools()
-
-
-class _Statement(NamedTuple):
-    operation: str | None
-    collection: str | None
-
-    @property
-    def attributes(self) -> dict[str, AttributeValue]:
-        attributes: dict[str, AttributeValue] = {}
-        if self.operation:
-            attributes["db.operation.name"] = self.operation
-        if self.collection:
-            attributes["db.collection.name"] = self.collection
-        return attributes
-
-    @property
-    def span_name(self) -> str | None:
-        if self.operation and self.collection:
-            return f"{self.operation} {self.collection}"
-        return self.operation
-
-
-# String literals and comments can hold anything, keywords included: blank them before parsing.
-_LITERALS_AND_COMMENTS = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
-_OPERATION = re.compile(r"[\s(]*([A-Za-z]+)")
-_IDENTIFIER = r'(?:"[^"]+"|`[^`]+`|\[[^\]]+\]|[\w$]+)'
-_COLLECTION = re.compile(
-    rf"\b(?:FROM|INTO|UPDATE)\s+({_IDENTIFIER}(?:\s*\.\s*{_IDENTIFIER})*)", re.IGNORECASE
-)
-
-
-@functools.lru_cache(maxsize=512)  # SQLAlchemy reuses compiled statements: parse each once
-def _describe_statement(statement: str) -> _Statement:
-    """Best-effort operation (first keyword) and collection (first table after FROM/INTO/UPDATE)."""
-    text = _LITERALS_AND_COMMENTS.sub(" ", statement)
-    operation = _OPERATION.match(text)
-    collection = _COLLECTION.search(text)
-    return _Statement(
-        operation.group(1).upper() if operation else None,
-        _unquote(collection.group(1)) if collection else None,
-    )
-
-
-def _unquote(name: str) -> str:
-    return re.sub(r'["`\[\]]', "", re.sub(r"\s*\.\s*", ".", name))
-
-
-def _with_traceparent_comment(statement: str, span: Span) -> str:
-    """Append the span's trace context as a sqlcommenter comment, before a trailing ``;``."""
-    if not span.get_span_context().is_valid:
-        return statement
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    # sqlcommenter: sorted key='value' pairs, URL-encoded. quote(safe="") also encodes ' * and /,
-    # so no value can end the comment or the quoted string early.
-    pairs = ",".join(
-        f"{quote(k, safe='')}='{quote(v, safe='')}'" for k, v in sorted(carrier.items())
-    )
-    body = statement.rstrip()
-    if body.endswith(";"):
-        return f"{body[:-1]} /*{pairs}*/;"
-    return f"{body} /*{pairs}*/"
-
-
 def _qualified_name(cls: type) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
@@ -528,11 +338,11 @@ class _NeverRaise:
             return False
         where = self.where
         if where in _reported:
-            _logger.debug("otel_dist: SQLAlchemy instrumentation failed in %s", where, exc_info=exc)
+            _logger.debug("otel-dist: SQLAlchemy instrumentation failed in %s", where, exc_info=exc)
         else:
             _reported.add(where)
             _logger.error(
-                "otel_dist: SQLAlchemy instrumentation failed in %s; the application is unaffected",
+                "otel-dist: SQLAlchemy instrumentation failed in %s; the application is unaffected",
                 where,
                 exc_info=exc,
             )

@@ -37,8 +37,8 @@ from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Obs
 from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
 from starlette.websockets import WebSocketDisconnect
 
-from otel_dist import __version__
 from otel_dist.fastapi.incoming_context import RequestPropagation
+from otel_dist.version import __version__
 
 if TYPE_CHECKING:
     # Only FastAPI 0.165+ has it, and only native mode (which needs that FastAPI) builds

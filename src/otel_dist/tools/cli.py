@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from otel_dist import __version__
+from otel_dist.version import __version__
 
 USAGE = """usage: otel-dist COMMAND [options]
 

@@ -23,10 +23,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from otel_dist import __version__
 from otel_dist.distro import CHOOSERS, HANDLED_BY_OTEL_DIST, NAME, conflicts
 from otel_dist.plan import Plan, installed, make_plan
 from otel_dist.settings import SIGNALS, Signal, load_settings
+from otel_dist.version import __version__
 
 MASK = "***"
 _VERSIONED = (
