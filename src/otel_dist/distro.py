@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
+from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 
 _log = internal_logger()
@@ -93,12 +94,10 @@ class OtelDistro(BaseDistro):  # type: ignore[misc]
         del kwargs
         # Read by the launcher right after this method: with several configurators installed,
         # ours must win, or the app would get someone else's providers and none of our features.
-        os.environ.setdefault("OTEL_PYTHON_CONFIGURATOR", NAME)
+        CHANGES.set_env_default("OTEL_PYTHON_CONFIGURATOR", NAME)
         for conflict in conflicts():
             _log.warning("otel-dist: %s", conflict)
-        launcher_log = logging.getLogger(_LAUNCHER_LOGGER)
-        if not any(isinstance(f, _ReplacedInstrumentorFilter) for f in launcher_log.filters):
-            launcher_log.addFilter(_ReplacedInstrumentorFilter())
+        CHANGES.add_filter(_LAUNCHER_LOGGER, _ReplacedInstrumentorFilter())
 
     def load_instrumentor(self, entry_point: EntryPoint, **kwargs: Any) -> None:
         """Load an instrumentor unless otel-dist already does its job."""

@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from otel_dist.global_changes import CHANGES
+
 # The loggers of the API's propagators and the trace state / baggage parsers they call.
 HEADER_PARSING_LOGGERS = (
     "opentelemetry.trace.span",
@@ -78,12 +80,11 @@ class SafeHeaderWarnings(logging.Filter):
 def make_header_warnings_safe() -> Callable[[], None]:
     """Install the filter on the header-parsing loggers; returns the function that removes it."""
     safe = SafeHeaderWarnings()
-    loggers = [logging.getLogger(name) for name in HEADER_PARSING_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(safe)
+    for name in HEADER_PARSING_LOGGERS:
+        CHANGES.add_filter(name, safe)
 
     def remove() -> None:
-        for logger in loggers:
-            logger.removeFilter(safe)
+        for name in HEADER_PARSING_LOGGERS:
+            CHANGES.remove_filter(name, SafeHeaderWarnings)
 
     return remove

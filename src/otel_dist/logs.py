@@ -50,6 +50,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.trace import get_current_span
 
 from otel_dist.fastapi.request_id import current_request_id
+from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 from otel_dist.log_format import configure_structlog
 from otel_dist.log_records import (
@@ -67,6 +68,7 @@ __all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install
 _logger = internal_logger()
 
 # What the record factory adds; `extra=` may set them too (the app's value wins).
+_RECORD_FACTORY = ("log record factory",)
 _RECORD_FIELDS = frozenset({"trace_id", "span_id", "trace_flags", "service_name", "request_id"})
 
 
@@ -119,23 +121,6 @@ def _add_ids(event_dict: MutableMapping[str, Any]) -> None:
         event_dict.setdefault("request_id", request_id)
 
 
-@dataclass
-class _Patch:
-    """One replaced attribute; restored only if nobody replaced our replacement since."""
-
-    owner: Any
-    name: str
-    original: Any
-    replacement: Any
-
-    def apply(self) -> None:
-        setattr(self.owner, self.name, self.replacement)
-
-    def restore(self) -> None:
-        if getattr(self.owner, self.name) is self.replacement:
-            setattr(self.owner, self.name, self.original)
-
-
 class LogCorrelation:
     """The changes made by ``install_log_correlation``; ``uninstall`` undoes them.
 
@@ -154,7 +139,7 @@ class LogCorrelation:
         self._state = _State(service_name, scrubber if scrubber.enabled else None, add_ids)
         self._scrubber = self._state.scrubber
         self._active = False
-        self._patches: list[_Patch] = []
+        self._patches: list[tuple[Any, str]] = []
         self._structlog_otlp: _ScrubbedStructlogProcessor | None = None
         self._handler: _OtlpLogHandler | None = None
         if logger_provider is not None:
@@ -177,7 +162,7 @@ class LogCorrelation:
         _state = self._state
         self._install_structlog()
         self._previous_factory = logging.getLogRecordFactory()
-        logging.setLogRecordFactory(self._factory)
+        CHANGES.register(_RECORD_FACTORY, self._set_record_factory)
         self._patch(logging.Logger, "makeRecord", self._wrap_make_record(logging.Logger.makeRecord))
         if self._handler is not None:
             self._install_handler(self._handler)
@@ -197,19 +182,26 @@ class LogCorrelation:
             self._configure(processors=processors)
         else:
             self._reset_defaults()
-        if logging.getLogRecordFactory() is self._factory:
-            logging.setLogRecordFactory(self._previous_factory)
+        CHANGES.undo(_RECORD_FACTORY)
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             self._handler.close()
-        for patch in reversed(self._patches):
-            patch.restore()
+        for owner, name in reversed(self._patches):
+            CHANGES.unpatch(owner, name)
         self._patches.clear()
 
     def _patch(self, owner: Any, name: str, replacement: Any) -> None:
-        patch = _Patch(owner, name, getattr(owner, name), replacement)
-        patch.apply()
-        self._patches.append(patch)
+        if CHANGES.patch(owner, name, replacement):
+            self._patches.append((owner, name))
+
+    def _set_record_factory(self) -> Callable[[], None]:
+        logging.setLogRecordFactory(self._factory)
+
+        def restore() -> None:
+            if logging.getLogRecordFactory() is self._factory:
+                logging.setLogRecordFactory(self._previous_factory)
+
+        return restore
 
     # structlog ---------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricReader
 
+from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 
 _log = internal_logger()
@@ -113,7 +114,9 @@ class ExitHooks:
         for signum in (*_GRACEFUL_STOP, *_QUICK_STOP):
             current = signal.getsignal(signum)
             if callable(current) and _is_a_server_handler(current, self._on_sigterm):
-                signal.signal(signum, self._chained(current))
+                # A handler the server installed since our last chain: chain that one now.
+                CHANGES.undo(("signal handler", signum))
+                CHANGES.register(("signal handler", signum), _chain(signum, self._chained(current)))
 
     async def flush_if_server_stops(self) -> None:
         """After the app's lifespan shutdown: flush if a stop signal is why it shut down."""
@@ -169,6 +172,21 @@ class ExitHooks:
         # Die of SIGTERM as the process would have without us (exit status 143 for the parent).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def _chain(signum: int, chained: Handler) -> Callable[[], Callable[[], None]]:
+    """The change that installs ``chained`` for ``signum``; its undo puts the server's back."""
+
+    def make() -> Callable[[], None]:
+        previous = signal.signal(signum, chained)
+
+        def restore() -> None:
+            if signal.getsignal(signum) is chained:
+                signal.signal(signum, previous)
+
+        return restore
+
+    return make
 
 
 def _is_a_server_handler(handler: Handler, ours: Handler) -> bool:
@@ -338,5 +356,4 @@ def refresh_identity_after_fork(providers: Iterable[Any]) -> None:
             except Exception:  # pragma: no cover - defensive: never break a forked worker
                 _log.exception("otel-dist: could not refresh the resource after fork")
 
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=after_in_child)
+    CHANGES.at_fork("refresh the resource identity", after_in_child)

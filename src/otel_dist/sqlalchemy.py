@@ -33,6 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, ExecutionContext
 from sqlalchemy.pool import Pool, PoolProxiedConnection, QueuePool
 
+from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 from otel_dist.sql_engines import _Execution, _pools
 from otel_dist.sql_statements import _with_traceparent_comment
@@ -134,7 +135,6 @@ class SqlAlchemyInstrumentation:
             ("handle_error", self._handle_error, {}),
             ("engine_connect", self._engine_connect, {}),
         ]
-        self._original_pool_connect = Pool.connect
         self._counting_pool_connect = self._wrap_pool_connect(Pool.connect)
         self._installed = False
 
@@ -156,9 +156,8 @@ class SqlAlchemyInstrumentation:
             self._installed = False
             for identifier, listener, _ in self._listeners:
                 event.remove(Engine, identifier, listener)
-            # Only undo our own patch: if someone wrapped it since, theirs stays (and calls ours).
-            if Pool.__dict__.get("connect") is self._counting_pool_connect:
-                Pool.connect = self._original_pool_connect  # type: ignore[method-assign]
+            # Only our own patch is undone: if someone wrapped it since, theirs stays.
+            CHANGES.unpatch(Pool, "connect")
             _pools.forget_engines()
             if _active is self:
                 _active = None
@@ -166,7 +165,7 @@ class SqlAlchemyInstrumentation:
     def _install(self) -> None:
         for identifier, listener, options in self._listeners:
             event.listen(Engine, identifier, listener, **options)
-        Pool.connect = self._counting_pool_connect  # type: ignore[method-assign,assignment]
+        CHANGES.patch(Pool, "connect", self._counting_pool_connect)
         self._installed = True
 
     # Statement listeners.

@@ -25,6 +25,7 @@ from otel_dist.fastapi.incoming_context import (
     UntrustedEdgePropagator,
 )
 from otel_dist.fastapi.instrument import FastAPIInstrumentation, chosen_mode
+from otel_dist.global_changes import CHANGES
 from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.internal_log import internal_logger, make_visible
 from otel_dist.plan import SDK_DISABLED, make_plan
@@ -36,6 +37,7 @@ from otel_dist.settings import SAMPLER_FALLBACK, ConfigurationError, Settings, l
 from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchemy
 
 _log = internal_logger()
+_EXIT_HOOKS = ("exit hooks",)
 _lock = threading.Lock()
 _active: Telemetry | None = None
 
@@ -52,7 +54,6 @@ class Telemetry:
     _sqlalchemy: SqlAlchemyInstrumentation | None = None
     _logs: log_correlation.LogCorrelation | None = None
     _exit_hooks: ExitHooks | None = None
-    _extra_uninstrument: list[Any] = field(default_factory=list)
     _shut_down: bool = False
 
     def instrument_app(self, app: Any) -> None:
@@ -74,10 +75,10 @@ class Telemetry:
         """Flush within the bound, stop exporting and remove every hook otel-dist installed."""
         global _active  # noqa: PLW0603
         self._shut_down = True
-        if self._exit_hooks is not None:
-            self._exit_hooks.uninstall()
+        CHANGES.undo(_EXIT_HOOKS)
         run_bounded(self._shutdown_providers, self.settings.shutdown_timeout_s, "shutdown")
         self._uninstrument()
+        CHANGES.undo_all()
         with _lock:
             if _active is self:
                 _active = None
@@ -103,8 +104,6 @@ class Telemetry:
             self._sqlalchemy.uninstrument()
         if self._logs is not None:
             self._logs.uninstall()
-        for undo in self._extra_uninstrument:
-            undo()
 
 
 def configure(
@@ -180,7 +179,7 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
     _install_globals(providers)
     _guard_untrusted_edge(telemetry)
     _summarise_export_failures(telemetry)
-    telemetry._extra_uninstrument.append(make_header_warnings_safe())
+    make_header_warnings_safe()
     refresh_identity_after_fork(telemetry._providers())
     telemetry._exit_hooks = ExitHooks(
         telemetry._shutdown_providers, telemetry._flush_all, settings.shutdown_timeout_s
@@ -191,7 +190,7 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
             instrument(telemetry, scrubber, app, engines)
         else:
             telemetry.skipped[name] = decision.why
-    telemetry._exit_hooks.install()
+    _install_exit_hooks(telemetry._exit_hooks)
     _log.debug("otel-dist: instrumented %s; skipped %s", telemetry.instrumented, telemetry.skipped)
     return telemetry
 
@@ -216,7 +215,7 @@ def _empty_resource() -> Any:
 def _prefer_stable_http_semconv() -> None:
     # The contrib HTTP instrumentations read this once; "http" gives http.server.request.duration
     # in seconds keyed by http.route (FastAPI's native telemetry always emits the stable names).
-    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    CHANGES.set_env_default("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
 
 
 def _install_globals(providers: Providers) -> None:
@@ -226,12 +225,25 @@ def _install_globals(providers: Providers) -> None:
         metrics.set_meter_provider(providers.meter_provider)
     if providers.logger_provider is not None:
         _logs.set_logger_provider(providers.logger_provider)
-    propagator = propagate.get_global_textmap()
-    if isinstance(propagator, OneTraceparentOnly):
-        return
-    if not isinstance(propagator, CompositePropagator):
-        propagator = CompositePropagator([propagator])
-    propagate.set_global_textmap(OneTraceparentOnly(propagator))
+    if not isinstance(propagate.get_global_textmap(), OneTraceparentOnly):
+        CHANGES.register(("propagator", OneTraceparentOnly), _one_traceparent_only)
+
+
+def _one_traceparent_only() -> Callable[[], None]:
+    previous = propagate.get_global_textmap()
+    composite = previous
+    if not isinstance(composite, CompositePropagator):
+        composite = CompositePropagator([composite])
+    propagate.set_global_textmap(OneTraceparentOnly(composite))
+    return lambda: propagate.set_global_textmap(previous)
+
+
+def _install_exit_hooks(hooks: ExitHooks) -> None:
+    def make() -> Callable[[], None]:
+        hooks.install()
+        return hooks.uninstall
+
+    CHANGES.register(_EXIT_HOOKS, make)
 
 
 def _guard_untrusted_edge(telemetry: Telemetry) -> None:
@@ -242,15 +254,19 @@ def _guard_untrusted_edge(telemetry: Telemetry) -> None:
     tracer_provider.add_span_processor(LinkUntrustedCaller())
     propagator = propagate.get_global_textmap()
     if not isinstance(propagator, UntrustedEdgePropagator):
-        propagate.set_global_textmap(UntrustedEdgePropagator(propagator))
-        telemetry._extra_uninstrument.append(lambda: propagate.set_global_textmap(propagator))
+
+        def make() -> Callable[[], None]:
+            propagate.set_global_textmap(UntrustedEdgePropagator(propagator))
+            return lambda: propagate.set_global_textmap(propagator)
+
+        CHANGES.register(("propagator", UntrustedEdgePropagator), make)
 
 
 def _summarise_export_failures(telemetry: Telemetry) -> None:
     # One rate-limited stderr line replaces the SDK's warning per failed attempt and batch.
     health = telemetry.providers.export_health
     if health is not None:
-        telemetry._extra_uninstrument.append(fold_sdk_export_messages(health))
+        fold_sdk_export_messages(health)
 
 
 def _instrument_fastapi(telemetry: Telemetry, _scrubber: Scrubber, app: Any, _e: Any) -> None:
@@ -317,13 +333,23 @@ def _instrument_imported_httpx(telemetry: Telemetry) -> None:
 
         instrumentor = HTTPXClientInstrumentor()
         if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(
+            _register_instrumentor(
+                "httpx",
+                instrumentor,
                 tracer_provider=telemetry.providers.tracer_provider,
                 meter_provider=telemetry.providers.meter_provider,
             )
-            telemetry._extra_uninstrument.append(instrumentor.uninstrument)
     except Exception:
         _log.exception("otel-dist: httpx could not be instrumented; its calls are not traced")
+
+
+def _register_instrumentor(name: str, instrumentor: Any, **providers: Any) -> None:
+    # A contrib instrumentor patches its library globally: undone at shutdown like ours.
+    def make() -> Callable[[], None]:
+        instrumentor.instrument(**providers)
+        return instrumentor.uninstrument  # type: ignore[no-any-return]
+
+    CHANGES.register(("instrumentor", name), make)
 
 
 _RUNTIME_METRICS: dict[str, list[str] | None] = {
@@ -345,8 +371,9 @@ def _instrument_runtime(telemetry: Telemetry, _scrubber: Scrubber, _app: Any, _e
 
     instrumentor = SystemMetricsInstrumentor(config=_RUNTIME_METRICS)
     if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(meter_provider=telemetry.providers.meter_provider)
-        telemetry._extra_uninstrument.append(instrumentor.uninstrument)
+        _register_instrumentor(
+            "runtime metrics", instrumentor, meter_provider=telemetry.providers.meter_provider
+        )
     telemetry.instrumented.append("runtime metrics")
 
 

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from otel_dist.fastapi import request_id
+from otel_dist.global_changes import CHANGES
 from otel_dist.settings import Settings
 
 PROBLEM_JSON = "application/problem+json"
@@ -186,14 +187,12 @@ def drop_server_duplicates() -> None:
 
     Only records carrying an exception we marked are dropped: every other server line stays.
     """
-    server_log = logging.getLogger(SERVER_ERROR_LOGGER)
-    if _skip_logged_exceptions not in server_log.filters:
-        server_log.addFilter(_skip_logged_exceptions)
+    CHANGES.add_filter(SERVER_ERROR_LOGGER, _skip_logged_exceptions)
 
 
 def keep_server_duplicates() -> None:
     """Undo ``drop_server_duplicates``."""
-    logging.getLogger(SERVER_ERROR_LOGGER).removeFilter(_skip_logged_exceptions)
+    CHANGES.remove_filter(SERVER_ERROR_LOGGER, _SkipLoggedExceptions)
 
 
 def _phrase(status: int) -> str:

@@ -22,6 +22,7 @@ import fastapi
 from otel_dist.fastapi.errors import install_error_handlers, keep_server_duplicates
 from otel_dist.fastapi.middleware import TelemetryMiddleware, insert_inside_server_span
 from otel_dist.fastapi.server_span import ServerTelemetry
+from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 from otel_dist.plan import fastapi_mode
 from otel_dist.process import ExitHooks, FlushWhenServerStops
@@ -88,7 +89,6 @@ class FastAPIInstrumentation:
     providers: Providers
     mode: str
     exit_hooks: ExitHooks | None = None
-    _original_init: Any = None
     # Shared by every app instrumented with these providers: one set of instruments.
     _server: ServerTelemetry | None = field(default=None, init=False)
 
@@ -161,8 +161,6 @@ class FastAPIInstrumentation:
 
     def hook_new_apps(self) -> None:
         """Instrument every FastAPI app created from now on (the zero-code path)."""
-        if self._original_init is not None:
-            return
         original_init = fastapi.FastAPI.__init__
         instrumentation = self
 
@@ -173,12 +171,9 @@ class FastAPIInstrumentation:
             except Exception:
                 _log.exception("otel-dist: could not instrument a FastAPI app; it runs untraced")
 
-        self._original_init = original_init
-        fastapi.FastAPI.__init__ = init  # type: ignore[method-assign,assignment]
+        CHANGES.patch(fastapi.FastAPI, "__init__", init)
 
     def unhook(self) -> None:
         """Stop instrumenting new apps; the server logs every unhandled exception again."""
         keep_server_duplicates()
-        if self._original_init is not None:
-            fastapi.FastAPI.__init__ = self._original_init  # type: ignore[method-assign]
-            self._original_init = None
+        CHANGES.unpatch(fastapi.FastAPI, "__init__")

@@ -31,6 +31,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 from otel_dist.settings import Signal
 
@@ -55,6 +56,7 @@ _PER_BATCH_MESSAGES = (
     "Exception while exporting metrics",
     "Shutdown in progress, aborting retry",
 )
+_FOLDING = ("fold SDK export messages",)
 _UNITS: dict[Signal, str] = {"traces": "spans", "logs": "log records", "metrics": "metric exports"}
 
 
@@ -186,20 +188,25 @@ def fold_sdk_export_messages(health: ExportHealth) -> Callable[[], None]:
     ERROR so those calls return before building a record; ``count_queue_drops`` counts them.
     """
     folding = FoldSdkExportMessages(health)
-    loggers = [logging.getLogger(name) for name in SDK_EXPORT_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(folding)
-    queue_logger = logging.getLogger(_QUEUE_LOGGER)
-    queue_level = queue_logger.level
-    if queue_level == logging.NOTSET:
-        queue_logger.setLevel(logging.ERROR)
 
-    def remove() -> None:
+    def make() -> Callable[[], None]:
+        loggers = [logging.getLogger(name) for name in SDK_EXPORT_LOGGERS]
         for logger in loggers:
-            logger.removeFilter(folding)
-        queue_logger.setLevel(queue_level)
+            logger.addFilter(folding)
+        queue_logger = logging.getLogger(_QUEUE_LOGGER)
+        queue_level = queue_logger.level
+        if queue_level == logging.NOTSET:
+            queue_logger.setLevel(logging.ERROR)
 
-    return remove
+        def remove() -> None:
+            for logger in loggers:
+                logger.removeFilter(folding)
+            queue_logger.setLevel(queue_level)
+
+        return remove
+
+    CHANGES.register(_FOLDING, make)
+    return lambda: CHANGES.undo(_FOLDING)
 
 
 class _QueueDropCounter:
