@@ -10,34 +10,45 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 Signal = Literal["traces", "metrics", "logs"]
 SIGNALS: tuple[Signal, ...] = ("traces", "metrics", "logs")
 
-SPAN_EXPORTERS = ("otlp", "console", "none")
-METRIC_EXPORTERS = ("otlp", "prometheus", "console", "none")
-LOG_EXPORTERS = ("otlp", "console", "none")
-PROTOCOLS = ("http/protobuf", "grpc")
-COMPRESSIONS = ("none", "gzip", "deflate")
-SAMPLERS = (
+# Each choice option's accepted values, as a type (Settings' fields) and a tuple (the parser).
+SpanExporterName = Literal["otlp", "console", "none"]
+MetricExporterName = Literal["otlp", "prometheus", "console", "none"]
+LogExporterName = Literal["otlp", "console", "none"]
+OtlpProtocol = Literal["http/protobuf", "grpc"]
+Compression = Literal["none", "gzip", "deflate"]
+SamplerName = Literal[
     "always_on",
     "always_off",
     "traceidratio",
     "parentbased_always_on",
     "parentbased_always_off",
     "parentbased_traceidratio",
-)
-DEFAULT_SAMPLER = "parentbased_always_on"
+]
+HttpInstrumentation = Literal["auto", "native", "contrib"]
+ErrorFormat = Literal["detail", "problem"]
+ErrorBodyIds = Literal["unhandled", "all", "none"]
+LogFormat = Literal["auto", "json", "console"]
+SPAN_EXPORTERS: tuple[str, ...] = get_args(SpanExporterName)
+METRIC_EXPORTERS: tuple[str, ...] = get_args(MetricExporterName)
+LOG_EXPORTERS: tuple[str, ...] = get_args(LogExporterName)
+PROTOCOLS: tuple[str, ...] = get_args(OtlpProtocol)
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+DEFAULT_SAMPLER: SamplerName = "parentbased_always_on"
 # Only these samplers read OTEL_TRACES_SAMPLER_ARG; with any other its value is not used.
 RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 # Ends the problem line of a bad sampler setting: tracing goes on, with the default sampler.
 SAMPLER_FALLBACK = f"; using the default sampler {DEFAULT_SAMPLER}"
-HTTP_INSTRUMENTATIONS = ("auto", "native", "contrib")
-ERROR_FORMATS = ("detail", "problem")
-ERROR_BODY_IDS = ("unhandled", "all", "none")
-LOG_FORMATS = ("auto", "json", "console")
+HTTP_INSTRUMENTATIONS: tuple[str, ...] = get_args(HttpInstrumentation)
+ERROR_FORMATS: tuple[str, ...] = get_args(ErrorFormat)
+ERROR_BODY_IDS: tuple[str, ...] = get_args(ErrorBodyIds)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 DEFAULT_EXCLUDED_URLS = (
     r"^/health/?$",
     r"^/healthz/?$",

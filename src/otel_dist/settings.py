@@ -29,8 +29,18 @@ from otel_dist.options import (
     RATIO_SAMPLERS,
     SAMPLER_FALLBACK,
     SIGNALS,
+    Compression,
+    ErrorBodyIds,
+    ErrorFormat,
+    HttpInstrumentation,
+    LogExporterName,
+    LogFormat,
+    MetricExporterName,
     Option,
+    OtlpProtocol,
+    SamplerName,
     Signal,
+    SpanExporterName,
     _choice,
     _endpoint,
     _key_value_list,
@@ -48,10 +58,10 @@ class OtlpSettings:
     """Where and how one signal is sent over OTLP."""
 
     endpoint: str
-    protocol: str
+    protocol: OtlpProtocol
     headers: Mapping[str, str]
     timeout_s: float
-    compression: str
+    compression: Compression
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,11 @@ class Settings:
     sdk_disabled: bool = False
     service_name: str | None = None
     resource_attributes: Mapping[str, str] = field(default_factory=dict)
-    traces_exporter: str = "otlp"
-    metrics_exporter: str = "otlp"
-    logs_exporter: str = "otlp"
+    traces_exporter: SpanExporterName = "otlp"
+    metrics_exporter: MetricExporterName = "otlp"
+    logs_exporter: LogExporterName = "otlp"
     otlp: Mapping[Signal, OtlpSettings] = field(default_factory=dict)
-    sampler: str = DEFAULT_SAMPLER
+    sampler: SamplerName = DEFAULT_SAMPLER
     sampler_arg: float = 1.0
     # Batches of 128, not the SDK's 512: the export thread holds the GIL while it encodes a batch
     # (about 45 µs an item), and requests wait for it. 512 items is a 25 ms stall whenever the
@@ -89,9 +99,9 @@ class Settings:
     prometheus_port: int = 9464
     excluded_urls: tuple[str, ...] = DEFAULT_EXCLUDED_URLS
     disabled_instrumentations: tuple[str, ...] = ()
-    http_instrumentation: str = "auto"
-    error_format: str = "detail"
-    error_body_ids: str = "unhandled"
+    http_instrumentation: HttpInstrumentation = "auto"
+    error_format: ErrorFormat = "detail"
+    error_body_ids: ErrorBodyIds = "unhandled"
     debug_errors: bool = False
     response_trace_headers: bool = True
     request_id_header: str = "X-Request-ID"
@@ -99,7 +109,7 @@ class Settings:
     scrub: bool = True
     scrub_patterns: tuple[str, ...] = ()
     log_correlation: bool = True
-    log_format: str = "auto"
+    log_format: LogFormat = "auto"
     runtime_metrics: bool = True
     shutdown_timeout_s: float = 5.0
     export_report_interval_s: float = 60.0

@@ -28,6 +28,7 @@ from otel_dist.fastapi.instrument import FastAPIInstrumentation, chosen_mode
 from otel_dist.global_changes import CHANGES
 from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.internal_log import internal_logger, make_visible
+from otel_dist.log_format import use_configured_format
 from otel_dist.plan import SDK_DISABLED, make_plan
 from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
 from otel_dist.scrub import Scrubber
@@ -38,6 +39,7 @@ from otel_dist.sqlalchemy import SqlAlchemyInstrumentation, instrument_sqlalchem
 
 _log = internal_logger()
 _EXIT_HOOKS = ("exit hooks",)
+_LOG_FORMAT = ("log format",)
 _lock = threading.Lock()
 _active: Telemetry | None = None
 
@@ -190,6 +192,8 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
             instrument(telemetry, scrubber, app, engines)
         else:
             telemetry.skipped[name] = decision.why
+    # configure_structlog() reads the format from here (keyword > environment > auto).
+    CHANGES.register(_LOG_FORMAT, lambda: use_configured_format(settings.log_format))
     _install_exit_hooks(telemetry._exit_hooks)
     _log.debug("otel-dist: instrumented %s; skipped %s", telemetry.instrumented, telemetry.skipped)
     return telemetry
