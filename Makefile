@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
 SA20 := .cache/sqlalchemy-2.0
 
-.PHONY: install dist demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci clean
+.PHONY: install dist demo test lint typecheck unit integration bench-tools test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,17 +26,33 @@ demo: $(STAMP)
 	$(PY) -m examples.demo
 
 ## make test: lint, types, unit + integration tests. CI (.ci/run) also runs make e2e and make faults-ci.
-test: lint typecheck unit test-sqlalchemy-2.0
+test: lint typecheck unit integration test-sqlalchemy-2.0
+
+# Everything we own is linted and format-checked.
+LINTED := src tests examples stack bench
+# The load generator the benchmark smoke uses; installed here, never by a test.
+WRK_VERSION := 4.1.0
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples stack bench
-	$(VENV)/bin/ruff format --check src
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
+## make typecheck: mypy strict on the package, the stack scripts, the bench and the test support.
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+## make unit: the tests that start no server (seconds to a minute).
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not e2e and not stack and not faults"
+	$(VENV)/bin/pytest -q -m "not integration and not e2e and not stack and not faults"
+
+## make integration: the tests that start real servers in subprocesses (and the bench smoke).
+integration: $(STAMP) bench-tools
+	$(VENV)/bin/pytest -q -m "integration and not e2e and not stack and not faults"
+
+bench-tools:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@wrk --version 2>&1 | grep -q "$(WRK_VERSION)" || \
+	  (echo "bench-tools: wrk $(WRK_VERSION) is needed, found: $$(wrk --version 2>&1 | head -1)"; exit 1)
 
 $(SA20)/.installed:
 	$(PY) -m pip install --quiet --no-deps --target $(SA20) "sqlalchemy>=2.0,<2.1"

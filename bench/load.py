@@ -140,8 +140,10 @@ def _apt_install(package: str) -> bool:
     return shutil.which(package) is not None
 
 
-def _wrk() -> LoadTool | None:
+def _wrk(install: bool) -> LoadTool | None:
     path = shutil.which("wrk")
+    if path is None and not install:
+        return None
     if path is None:
         print("bench: wrk not found; installing it with apt-get", flush=True)
         if not _apt_install("wrk"):
@@ -155,8 +157,10 @@ def _wrk() -> LoadTool | None:
     return LoadTool("wrk", path, first[0].split("Copyright")[0].strip() if first else "wrk")
 
 
-def _hey() -> LoadTool | None:
+def _hey(install: bool) -> LoadTool | None:
     path = HEY_BIN_DIR / "hey"
+    if not path.exists() and not install:
+        return None
     if not path.exists():
         go = shutil.which("go")
         if go is None:
@@ -172,13 +176,16 @@ def _hey() -> LoadTool | None:
     return LoadTool("hey", str(path), f"hey {match.group(1) if match else '?'}")
 
 
-def find_load_tool(preference: str = "auto") -> LoadTool:
-    """The load tool to use, installing it if needed; raises ``LoadToolError`` if impossible."""
+def find_load_tool(preference: str = "auto", *, install: bool = True) -> LoadTool:
+    """The load tool to use, installing it if needed and allowed; ``LoadToolError`` if none.
+
+    ``install=False`` (the test smoke) only takes a tool already on the machine: tests never
+    install anything; ``make bench-tools`` installs the pinned wrk beforehand.
+    """
     finders = {"wrk": [_wrk], "hey": [_hey], "auto": [_wrk, _hey]}[preference]
     for finder in finders:
-        tool = finder()
+        tool = finder(install)
         if tool is not None:
             return tool
-    raise LoadToolError(
-        f"no load tool ({preference}): install wrk (apt-get install wrk) or Go (for hey)"
-    )
+    hint = "run make bench-tools" if not install else "install wrk (apt-get install wrk) or Go"
+    raise LoadToolError(f"no load tool ({preference}): {hint}")

@@ -429,6 +429,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--load-tool", choices=("auto", "wrk", "hey"), default="auto")
     parser.add_argument(
+        "--no-install", action="store_true", help="never install the load tool (tests)"
+    )
+    parser.add_argument(
         "--setups",
         default=",".join(SETUP_NAMES),
         help="comma-separated subset (none is always run)",
@@ -466,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.load_cpu is not None:
         os.sched_setaffinity(0, {config.load_cpu})  # this runner stays off the app's CPU
     started_at, started = _now(), time.perf_counter()
-    tool = find_load_tool(args.load_tool)
+    tool = find_load_tool(args.load_tool, install=not args.no_install)
     stock_bin = ensure_stock_venv()
     names = [name for name in SETUP_NAMES if name == "none" or name in args.setups.split(",")]
     cpus = f"app CPU {config.app_cpu}, load CPU {config.load_cpu}"

@@ -17,6 +17,13 @@ def otlp_sink() -> Iterator[OtlpSink]:
         yield sink
 
 
+@pytest.fixture(scope="module")
+def sink() -> Iterator[OtlpSink]:
+    """One started OTLP/HTTP sink shared by a module's tests (they tell their data apart)."""
+    with OtlpSink() as started:
+        yield started
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """``start_server`` with the same arguments; every server started is stopped at teardown."""

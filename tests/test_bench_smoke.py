@@ -2,7 +2,9 @@
 
 Runs ``python -m bench.run --quick`` (every setup, one short round: the stock venv, the load tool,
 the sink, uvicorn, the in-process loop) and checks that the JSON it writes has every setup with
-sane numbers. The first run creates ``.bench/venv-stock`` and may install wrk or hey.
+sane numbers. The first run creates ``.bench/venv-stock``. The load tool is the pinned wrk that
+``make bench-tools`` installs before the tests (``make integration`` does): the test itself never
+installs one (``--no-install``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The wrk that make bench-tools installs (Makefile WRK_VERSION).
+WRK_VERSION = "4.1.0"
 SETUPS = ("none", "stock", "dist-instrument", "dist-configure")
 TELEMETRY_SETUPS = SETUPS[1:]
 
@@ -25,7 +29,10 @@ pytestmark = pytest.mark.integration
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "results.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--output", str(out), "--docs", "none"],
+        [
+            *(sys.executable, "-m", "bench.run", "--quick", "--load-tool", "wrk", "--no-install"),
+            *("--output", str(out), "--docs", "none"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -34,6 +41,13 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_quick_bench_uses_the_pinned_load_tool(quick_results: dict) -> None:
+    # wrk names itself with its package version: "wrk debian/4.1.0-3+b2 [epoll]".
+    load_tool = quick_results["meta"]["load_tool"]
+    assert load_tool.startswith("wrk ")
+    assert WRK_VERSION in load_tool
 
 
 def test_quick_bench_reports_every_setup_without_errors(quick_results: dict) -> None:

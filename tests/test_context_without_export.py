@@ -22,6 +22,9 @@ from support.contract import contract_app, parse_traceparent, stdlib_ids, struct
 from support.recorder import HeaderRecorder, header_recorder
 from support.servers import ServerProcess
 
+# Real servers in subprocesses.
+pytestmark = pytest.mark.integration
+
 ALL_EXPORTERS_NONE = {
     "OTEL_TRACES_EXPORTER": "none",
     "OTEL_METRICS_EXPORTER": "none",
@@ -103,13 +106,6 @@ _paths = itertools.count()
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[HeaderRecorder]:
     with header_recorder() as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[OtlpSink]:
-    """Where the signals whose export still works go (never localhost:4318)."""
-    with OtlpSink() as started:
         yield started
 
 

@@ -9,7 +9,6 @@ exception handler answers too. With the defaults it passes under ``configure()``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +37,6 @@ class Reference:
 
     def __getitem__(self, key: tuple[str, str]) -> httpx.Response:
         return self.responses[key]
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[OtlpSink]:
-    with OtlpSink() as started:
-        yield started
 
 
 @pytest.fixture(scope="module")

@@ -329,6 +329,7 @@ def _start_sink_cli(server_factory: Callable[..., ServerProcess], *extra: str) -
     return server_factory(argv, env={}, port=port, ready_path="/")
 
 
+@pytest.mark.integration
 def test_cli_prints_one_line_per_span_log_and_metric_name_then_stops_after_duration(
     server_factory: Callable[..., ServerProcess],
 ) -> None:
@@ -383,6 +384,7 @@ def test_cli_prints_one_line_per_span_log_and_metric_name_then_stops_after_durat
     assert "(+1 more series)" in metric_line
 
 
+@pytest.mark.integration
 def test_cli_exits_cleanly_on_sigterm(server_factory: Callable[..., ServerProcess]) -> None:
     cli = _start_sink_cli(server_factory)
     assert cli.stop(signal.SIGTERM, timeout=5) == 0

@@ -25,6 +25,9 @@ from support.raw_http import request_bytes, send_raw
 from support.recorder import HeaderRecorder, header_recorder
 from support.servers import ServerProcess
 
+# Real servers in subprocesses.
+pytestmark = pytest.mark.integration
+
 Headers = list[tuple[str, str]]
 
 
@@ -183,12 +186,6 @@ class Served:
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[HeaderRecorder]:
     with header_recorder() as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[OtlpSink]:
-    with OtlpSink() as started:
         yield started
 
 
