@@ -236,8 +236,7 @@ def test_everything_produced_before_the_stop_signal_is_delivered(
     assert outcome.stop == _on_its_own(stopped, cell.server, cell.sig), outcome.output
     print(f"exit flush [{cell}]: produced {len(outcome.traces)}; {outcome.delivered.summary()}")
     assert outcome.delivered == Delivered.everything(outcome.traces), (
-        f"produced {len(outcome.traces)}, delivered {outcome.delivered.summary()}\n"
-        f"{outcome.output}"
+        f"produced {len(outcome.traces)}, delivered {outcome.delivered.summary()}\n{outcome.output}"
     )
 
 
@@ -290,9 +289,7 @@ def test_workers_recycled_by_max_requests_deliver_everything(
     way: str, otlp_sink: OtlpSink, server_factory: Factory
 ):
     port = free_port()
-    argv = _gunicorn("--max-requests", "4", "--max-requests-jitter", "0")(
-        port, way == "zero-code"
-    )
+    argv = _gunicorn("--max-requests", "4", "--max-requests-jitter", "0")(port, way == "zero-code")
     proc = server_factory(argv, env=_env(otlp_sink.endpoint, way), port=port)
     wait_for_workers(proc, 2)
     results = attempt(proc.base_url, 16, threads=1)
