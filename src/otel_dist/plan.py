@@ -153,13 +153,24 @@ def _exported(settings: Settings, signal: Signal) -> bool:
     return settings.exporter(signal) != "none"
 
 
+def _version_or_off(
+    settings: Settings, dist: str, *, label: str | None = None, also: str | None = None
+) -> str | Decision:
+    """The installed version of ``dist``, or the decision not to run (disabled, not installed).
+
+    ``also``: another name in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS that turns it off.
+    """
+    if not _enabled(settings, dist, *((also,) if also else ())):
+        return Decision(False, DISABLED)
+    found = installed(dist)
+    return Decision(False, f"{label or dist} is not installed") if found is None else found
+
+
 def decide_fastapi(settings: Settings) -> Decision:
     """FastAPI apps get the server span source, our middleware and the error handlers."""
-    if not _enabled(settings, "fastapi"):
-        return Decision(False, DISABLED)
-    fastapi_version = installed("fastapi")
-    if fastapi_version is None:
-        return Decision(False, "FastAPI is not installed")
+    fastapi_version = _version_or_off(settings, "fastapi", label="FastAPI")
+    if isinstance(fastapi_version, Decision):
+        return fastapi_version
     mode = fastapi_mode(settings)
     why = f"FastAPI {fastapi_version}, {mode} telemetry"
     if settings.http_instrumentation == "native" and mode != "native":
@@ -174,11 +185,9 @@ def decide_fastapi(settings: Settings) -> Decision:
 
 def decide_sqlalchemy(settings: Settings) -> Decision:
     """Statement spans when traces are exported, pool metrics when metrics are."""
-    if not _enabled(settings, "sqlalchemy"):
-        return Decision(False, DISABLED)
-    sa_version = installed("sqlalchemy")
-    if sa_version is None:
-        return Decision(False, "SQLAlchemy is not installed")
+    sa_version = _version_or_off(settings, "sqlalchemy", label="SQLAlchemy")
+    if isinstance(sa_version, Decision):
+        return sa_version
     if not (_exported(settings, "traces") or _exported(settings, "metrics")):
         return Decision(False, "traces and metrics exporters are none")
     greenlet = (
@@ -208,11 +217,9 @@ def decide_logging(settings: Settings) -> Decision:
 
 def decide_structlog(settings: Settings) -> Decision:
     """Part of the logging step: structlog's processors get the ids before the renderer."""
-    if not _enabled(settings, "logging", "structlog"):
-        return Decision(False, DISABLED)
-    structlog_version = installed("structlog")
-    if structlog_version is None:
-        return Decision(False, "structlog not installed")
+    structlog_version = _version_or_off(settings, "structlog", also="logging")
+    if isinstance(structlog_version, Decision):
+        return structlog_version
     if not settings.log_correlation:
         return Decision(False, "OTEL_DIST_LOG_CORRELATION=false")
     why = f"structlog {structlog_version}: trace ids injected before the renderer"

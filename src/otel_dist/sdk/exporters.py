@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import (
@@ -41,6 +41,7 @@ from otel_dist.sdk.export_health import (
 from otel_dist.settings import ConfigurationError, OtlpSettings, Settings, Signal
 
 _log = internal_logger()
+_Result = TypeVar("_Result")
 
 
 def _otlp_kwargs(otlp: OtlpSettings) -> dict[str, Any]:
@@ -166,10 +167,25 @@ def _release(batch: Sequence[object]) -> None:
         batch.clear()
 
 
-class _Delegating:
-    """Shutdown and flush go straight to the wrapped exporter, whatever the signal."""
+class _Wrapping:
+    """What each signal's wrapper shares: the wrapped exporter, the scrubber, the health.
 
-    _inner: Any
+    Shutdown and flush go straight to the wrapped exporter; ``_report`` runs one export call
+    and tells ``ExportHealth`` how it went.
+    """
+
+    _signal: Signal
+
+    def __init__(self, inner: Any, scrubber: Scrubber, health: ExportHealth) -> None:
+        self._inner: Any = inner  # SpanExporter, LogRecordExporter or MetricExporter
+        self._scrubber = scrubber
+        self._health = health
+
+    def _report(self, items: int, export: Callable[[], _Result], success: _Result) -> _Result:
+        started = self._health.started()
+        result = export()
+        self._health.exported(self._signal, items, result is success, started)
+        return result
 
     def shutdown(self, *args: Any, **kwargs: Any) -> None:
         """Shut the wrapped exporter down."""
@@ -180,23 +196,18 @@ class _Delegating:
         return bool(self._inner.force_flush(timeout_millis))
 
 
-class SpanExport(_Delegating, SpanExporter):
+class SpanExport(_Wrapping, SpanExporter):
     """Scrubs span and event attributes, exports, and reports the batch's outcome."""
 
-    def __init__(self, inner: SpanExporter, scrubber: Scrubber, health: ExportHealth) -> None:
-        self._inner = inner
-        self._scrubber = scrubber
-        self._health = health
+    _signal = "traces"
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export scrubbed copies of the spans that carry a secret; the others unchanged."""
         scrubbed = [self._scrubbed(span) for span in spans]
-        started = self._health.started()
         try:
-            result: SpanExportResult = self._inner.export(scrubbed)
-            ok = result is SpanExportResult.SUCCESS
-            self._health.exported("traces", len(scrubbed), ok, started)
-            return result
+            return self._report(
+                len(scrubbed), lambda: self._inner.export(scrubbed), SpanExportResult.SUCCESS
+            )
         finally:
             _release(scrubbed)
             _release(spans)
@@ -230,23 +241,18 @@ class SpanExport(_Delegating, SpanExporter):
         return type(event)(event.name, attributes, event.timestamp)
 
 
-class LogExport(_Delegating, LogRecordExporter):
+class LogExport(_Wrapping, LogRecordExporter):
     """Scrubs log bodies and attributes in place, exports, and reports the batch's outcome."""
 
-    def __init__(self, inner: LogRecordExporter, scrubber: Scrubber, health: ExportHealth) -> None:
-        self._inner = inner
-        self._scrubber = scrubber
-        self._health = health
+    _signal = "logs"
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         """Scrub each record in place (records belong to the batch processor now), export."""
         self._scrub(batch)
-        started = self._health.started()
         try:
-            result: LogRecordExportResult = self._inner.export(batch)
-            ok = result is LogRecordExportResult.SUCCESS
-            self._health.exported("logs", len(batch), ok, started)
-            return result
+            return self._report(
+                len(batch), lambda: self._inner.export(batch), LogRecordExportResult.SUCCESS
+            )
         finally:
             _release(batch)
 
@@ -261,28 +267,29 @@ class LogExport(_Delegating, LogRecordExporter):
                 log_record.body = self._scrubber.value(log_record.body)
 
 
-class MetricExport(_Delegating, MetricExporter):
+class MetricExport(_Wrapping, MetricExporter):
     """Exports and reports the outcome (one item per export; metrics carry no free text)."""
 
-    def __init__(self, inner: MetricExporter, health: ExportHealth) -> None:
+    _signal = "metrics"
+
+    def __init__(self, inner: MetricExporter, scrubber: Scrubber, health: ExportHealth) -> None:
+        _Wrapping.__init__(self, inner, scrubber, health)
         # The reader asks the exporter for its temporality and aggregation: keep the inner's.
-        super().__init__(
+        MetricExporter.__init__(
+            self,
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
-        self._inner = inner
-        self._health = health
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         """Export through the inner exporter and record the outcome."""
-        started = self._health.started()
-        result: MetricExportResult = self._inner.export(
-            metrics_data, timeout_millis=timeout_millis, **kwargs
+        return self._report(
+            1,
+            lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+            MetricExportResult.SUCCESS,
         )
-        self._health.exported("metrics", 1, result is MetricExportResult.SUCCESS, started)
-        return result
 
 
 def span_export(
@@ -305,6 +312,6 @@ def log_export(
     return LogExport(_log_exporter(settings, meter_provider), scrubber, health)
 
 
-def metric_export(settings: Settings, health: ExportHealth) -> MetricExport:
+def metric_export(settings: Settings, scrubber: Scrubber, health: ExportHealth) -> MetricExport:
     """The metrics exporter the settings name, wrapped; ``ConfigurationError`` if unavailable."""
-    return MetricExport(_metric_exporter(settings), health)
+    return MetricExport(_metric_exporter(settings), scrubber, health)

@@ -48,6 +48,7 @@ from otel_dist.settings import SIGNALS, BatchSettings, ConfigurationError, Setti
 from otel_dist.version import __version__
 
 _T = TypeVar("_T")
+_P = TypeVar("_P")
 
 # Instruments that cost a measurement per request and that no dashboard of ours reads.
 _DROPPED_INSTRUMENTS = (
@@ -156,17 +157,29 @@ def _tracer_provider(p: _Pipeline, export: bool) -> TracerProvider:
     provider = TracerProvider(
         resource=p.resource, sampler=build_sampler(p.settings), shutdown_on_exit=False
     )
-    if not export:
-        return provider
+    if export:
+        provider.add_span_processor(
+            _batch_processor(p, "traces", BatchSpanProcessor, span_export, p.settings.bsp)
+        )
+    return provider
+
+
+def _batch_processor(
+    p: _Pipeline,
+    signal: Signal,
+    processor_class: Callable[..., _P],
+    wrapped_export: Callable[..., Any],
+    batch: BatchSettings,
+) -> _P:
+    """A batch processor around the signal's wrapped exporter, its losses counted."""
     with _loss_counters(p.meter_provider):
-        processor = BatchSpanProcessor(
-            span_export(p.settings, p.scrubber, p.health, p.meter_provider),
-            **_batch_kwargs(p.settings.bsp),
+        processor = processor_class(
+            wrapped_export(p.settings, p.scrubber, p.health, p.meter_provider),
+            **_batch_kwargs(batch),
             meter_provider=p.meter_provider,
         )
-    count_queue_drops(processor, "traces", p.health)
-    provider.add_span_processor(processor)
-    return provider
+    count_queue_drops(processor, signal, p.health)
+    return processor
 
 
 def _views() -> list[View]:
@@ -176,7 +189,7 @@ def _views() -> list[View]:
 
 
 def _meter_provider(
-    settings: Settings, resource: Resource, health: ExportHealth
+    settings: Settings, resource: Resource, scrubber: Scrubber, health: ExportHealth
 ) -> tuple[MeterProvider, PrometheusEndpoint | None]:
     prometheus: PrometheusEndpoint | None = None
     reader: MetricReader
@@ -184,7 +197,7 @@ def _meter_provider(
         reader, prometheus = prometheus_reader(settings)
     else:
         reader = PeriodicExportingMetricReader(
-            metric_export(settings, health),
+            metric_export(settings, scrubber, health),
             export_interval_millis=settings.metric_export_interval_ms,
             export_timeout_millis=settings.metric_export_timeout_ms,
         )
@@ -197,14 +210,9 @@ def _meter_provider(
 
 def _logger_provider(p: _Pipeline) -> LoggerProvider:
     provider = LoggerProvider(resource=p.resource, shutdown_on_exit=False)
-    with _loss_counters(p.meter_provider):
-        processor = BatchLogRecordProcessor(
-            log_export(p.settings, p.scrubber, p.health, p.meter_provider),
-            **_batch_kwargs(p.settings.blrp),
-            meter_provider=p.meter_provider,
-        )
-    count_queue_drops(processor, "logs", p.health)
-    provider.add_log_record_processor(processor)
+    provider.add_log_record_processor(
+        _batch_processor(p, "logs", BatchLogRecordProcessor, log_export, p.settings.blrp)
+    )
     return provider
 
 
@@ -245,7 +253,7 @@ def build_providers(
             return None
 
     # Metrics first: the span and log pipelines report their own losses through its provider.
-    metrics = attempt("metrics", lambda: _meter_provider(settings, resource, health))
+    metrics = attempt("metrics", lambda: _meter_provider(settings, resource, scrubber, health))
     meter_provider, prometheus = metrics if metrics is not None else (None, None)
     pipeline = _Pipeline(settings, resource, scrubber, health, meter_provider)
     tracer_provider = attempt("traces", lambda: _tracer_provider(pipeline, export=True))
