@@ -42,7 +42,7 @@ ERROR_FORMATS = ("detail", "problem")
 ERROR_BODY_IDS = ("unhandled", "all", "none")
 LOG_FORMATS = ("auto", "json", "console")
 DEFAULT_EXCLUDED_URLS = (
-    r"^/health/?$",
+    r"^/health(?:/live|/ready)?/?$",  # otel_dist.health's routes too
     r"^/healthz/?$",
     r"^/livez/?$",
     r"^/readyz/?$",

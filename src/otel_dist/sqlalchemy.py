@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import sqlalchemy.exc
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -223,6 +224,8 @@ class SqlAlchemyInstrumentation:
         """Start the statement's span; return the statement to run (commented with sqlcommenter)."""
         if context is None:  # a raw cursor call outside any execution: nowhere to keep a span
             return statement
+        if not is_instrumentation_enabled():  # e.g. the health checks' SELECT 1
+            return statement
         prepared = _pools.register(engine).prepared(statement)
         span = self._tracer.start_span(
             prepared.span_name, kind=SpanKind.CLIENT, attributes=prepared.span_attributes
@@ -400,6 +403,11 @@ class _Pools:
         with self._lock:
             self._engines.clear()
 
+    def engines(self) -> list[Engine]:
+        """The engines registered so far (alive), in no particular order."""
+        with self._lock:
+            return list(self._engines)
+
     def current(self) -> list[tuple[str, Pool]]:
         """(pool name, pool) per registered engine, read now because ``dispose()`` swaps pools.
 
@@ -429,6 +437,14 @@ class _Pools:
 
 
 _pools = _Pools()
+
+
+def instrumented_engines() -> list[Engine]:
+    """Engines passed to ``add_engine`` or seen opening a connection.
+
+    The sync engine stands for an ``AsyncEngine``. The health checks run ``SELECT 1`` on them.
+    """
+    return _pools.engines()
 
 
 class _Statement(NamedTuple):
