@@ -51,10 +51,10 @@ def _db_env(postgres: RunningPostgres) -> dict[str, str]:
     }
 
 
-def _start(server_factory: Factory, env: dict[str, str]) -> ServerProcess:
+def _start(server_factory: Factory, env: dict[str, str], prefix: str = "/health") -> ServerProcess:
     port = free_port()
     argv = uvicorn_argv(APP, port, zero_code=False)
-    return server_factory(argv, env=env, port=port, ready_path="/health/live")
+    return server_factory(argv, env=env, port=port, ready_path=f"{prefix}/live")
 
 
 def _get(server: ServerProcess, path: str) -> httpx.Response:
@@ -225,3 +225,25 @@ def test_health_routes_make_no_server_span_or_request_metric_only_check_metrics(
     payments = by_check["payments"].attributes
     assert payments["error.type"] == "tests.apps.health_app.PaymentsDownError"
     assert "telemetry.export" in by_check
+
+
+def test_routes_outside_the_excluded_urls_are_warned_about_at_mount(
+    otlp_sink: OtlpSink, server_factory: Factory
+) -> None:
+    prefix = "/internal/health"
+    env = _app_env(otlp_sink.endpoint, HEALTH_APP_PREFIX=prefix)
+    traced = _start(server_factory, env, prefix)
+    excluded = _start(
+        server_factory, {**env, "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS": "^/internal/health"}, prefix
+    )
+    warning = (
+        "otel-dist: health routes /internal/health/live, /internal/health/ready, "
+        "/internal/health are not in OTEL_PYTHON_FASTAPI_EXCLUDED_URLS: every probe makes a "
+        "span and counts in the request metrics"
+    )
+    assert warning in traced.output()
+    assert "health routes" not in excluded.output()
+    assert _get(traced, f"{prefix}/ready").json() == {
+        "status": "healthy",
+        "components": {"telemetry.export": {"status": "healthy"}},
+    }

@@ -2,10 +2,12 @@
 
 ``HEALTH_APP_DB_URL`` / ``HEALTH_APP_ASYNC_DB_URL``: the engines' URLs (psycopg), both optional.
 ``HEALTH_APP_HANG=<seconds>``: adds checks that never return (a plain one, an async one, and
-an async one that ignores cancellation), each with that timeout. ``HEALTH_APP_FAILING_CHECK=1``:
-adds a non-critical check that raises. ``HEALTH_APP_CACHE_S``: the
-router's cache_s (default 0: every probe runs the checks). ``/work`` runs ``SELECT 42`` on each
-engine, a traced request to compare the health routes with; ``/threads`` lists thread names.
+an async one that ignores cancellation), each with that timeout.
+``HEALTH_APP_FAILING_CHECK=1``: adds a non-critical check that raises.
+``HEALTH_APP_CACHE_S``: the router's cache_s (default 0: every probe runs the checks).
+``HEALTH_APP_PREFIX``: the routes' prefix (default /health).
+``/work`` runs ``SELECT 42`` on each engine, a traced request to compare the health routes with;
+``/threads`` lists thread names.
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ if "HEALTH_APP_HANG" in os.environ:
         HealthCheck("ignores-cancellation", ignores_cancellation, timeout_s=bound),
     ]
 app.include_router(
-    health_router(checks=checks, cache_s=float(os.environ.get("HEALTH_APP_CACHE_S", "0")))
+    health_router(
+        checks=checks,
+        cache_s=float(os.environ.get("HEALTH_APP_CACHE_S", "0")),
+        prefix=os.environ.get("HEALTH_APP_PREFIX", "/health"),
+    )
 )
 
 
