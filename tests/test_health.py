@@ -252,9 +252,11 @@ def _counting(delay_s: float = 0.0) -> tuple[list[int], Callable[[], None]]:
 
 def test_results_are_reused_for_cache_s() -> None:
     runs, check = _counting()
-    router = health_router(checks=[HealthCheck("c", check)], engines=[], telemetry_export=False)
+    router = health_router(
+        checks=[HealthCheck("c", check)], engines=[], telemetry_export=False, cache_s=600
+    )
     _get_all(router, *["/health/ready", "/health"] * 5)
-    assert len(runs) == 1  # default cache_s=5: ten probes in well under 5 s, one run
+    assert len(runs) == 1
 
     runs, check = _counting()
     router = health_router(
@@ -265,17 +267,39 @@ def test_results_are_reused_for_cache_s() -> None:
 
 
 def test_concurrent_probes_share_one_run() -> None:
-    runs, check = _counting(delay_s=0.3)
+    release = threading.Event()
+    runs: list[int] = []
+
+    def slow() -> None:
+        runs.append(1)
+        release.wait()
+
     router = health_router(
-        checks=[HealthCheck("slow", check)], engines=[], telemetry_export=False, cache_s=0
+        checks=[HealthCheck("slow", slow, timeout_s=60)],
+        engines=[],
+        telemetry_export=False,
+        cache_s=0,
     )
     app = FastAPI()
     app.include_router(router)
+    arrived: list[str] = []
+
+    @app.middleware("http")
+    async def count_arrivals(request: Any, call_next: Any) -> Any:
+        arrived.append(request.url.path)
+        return await call_next(request)
 
     async def probe_ten_at_once() -> list[int]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-            responses = await asyncio.gather(*(client.get("/health/ready") for _ in range(10)))
+            probes = [asyncio.create_task(client.get("/health/ready")) for _ in range(10)]
+            while len(arrived) < 10:  # every probe is in before the run may finish
+                await asyncio.sleep(0.01)
+            # Then let them reach the run: loop turns, not wall time (dispatch uses no thread).
+            for _ in range(500):
+                await asyncio.sleep(0)
+            release.set()
+            responses = await asyncio.gather(*probes)
         return [response.status_code for response in responses]
 
     assert asyncio.run(probe_ten_at_once()) == [200] * 10
