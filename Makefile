@@ -40,6 +40,7 @@ lint: $(STAMP)
 ## make typecheck: mypy strict on the package, the stack scripts, the bench and the test support.
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict stack/postgres.py
 
 ## make unit: the tests that start no server (seconds to a minute).
 unit: $(STAMP)

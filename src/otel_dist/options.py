@@ -50,7 +50,7 @@ ERROR_FORMATS: tuple[str, ...] = get_args(ErrorFormat)
 ERROR_BODY_IDS: tuple[str, ...] = get_args(ErrorBodyIds)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 DEFAULT_EXCLUDED_URLS = (
-    r"^/health/?$",
+    r"^/health(?:/live|/ready)?/?$",  # otel_dist.health's routes too
     r"^/healthz/?$",
     r"^/livez/?$",
     r"^/readyz/?$",

@@ -108,6 +108,11 @@ class _Pools:
         with self._lock:
             self._engines.clear()
 
+    def engines(self) -> list[Engine]:
+        """The engines registered so far (alive), in no particular order."""
+        with self._lock:
+            return list(self._engines)
+
     def current(self) -> list[tuple[str, Pool]]:
         """(pool name, pool) per registered engine, read now because ``dispose()`` swaps pools.
 
@@ -137,3 +142,11 @@ class _Pools:
 
 
 _pools = _Pools()
+
+
+def instrumented_engines() -> list[Engine]:
+    """Engines passed to ``add_engine`` or seen opening a connection.
+
+    The sync engine stands for an ``AsyncEngine``. The health checks run ``SELECT 1`` on them.
+    """
+    return _pools.engines()

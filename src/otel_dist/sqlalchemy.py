@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy.exc
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import SpanKind, StatusCode, TracerProvider
 from sqlalchemy import event
@@ -207,6 +208,8 @@ class SqlAlchemyInstrumentation:
     def _start(self, engine: Engine, statement: str, context: ExecutionContext | None) -> str:
         """Start the statement's span; return the statement to run (commented with sqlcommenter)."""
         if context is None:  # a raw cursor call outside any execution: nowhere to keep a span
+            return statement
+        if not is_instrumentation_enabled():  # e.g. the health checks' SELECT 1
             return statement
         prepared = _pools.register(engine).prepared(statement)
         span = self._tracer.start_span(

@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from otel_dist.global_changes import CHANGES
@@ -60,6 +61,15 @@ _FOLDING = ("fold SDK export messages",)
 _UNITS: dict[Signal, str] = {"traces": "spans", "logs": "log records", "metrics": "metric exports"}
 
 
+@dataclass(frozen=True)
+class ExportStatus:
+    """Export health at one moment: the signals failing now and what was lost since start."""
+
+    failing: tuple[Signal, ...]
+    dropped: dict[Signal, int]
+    failing_for_s: float | None
+
+
 class ExportHealth:
     """Counts items lost per signal and reports failing/recovered on stderr, rate-limited."""
 
@@ -82,6 +92,16 @@ class ExportHealth:
         self._last_report: float | None = None
         self._recovered_at: float | None = None
         self.last_reason = ""
+
+    def status(self) -> ExportStatus:
+        """The signals that lost items and have not exported successfully since, and totals."""
+        with self._lock:
+            since = self._failing_since
+            return ExportStatus(
+                failing=tuple(sorted(self._failing)),
+                dropped=dict(self.dropped),
+                failing_for_s=None if since is None else self._clock() - since,
+            )
 
     def started(self) -> float:
         """The time an export call starts, to pass back to ``exported``."""
