@@ -383,6 +383,11 @@ def test_backends_report_their_pinned_versions(binaries: dict[str, Path]) -> Non
     assert logs.stdout.strip() == f"victoria-logs-v{versions['VICTORIALOGS_VERSION']}", logs
     traces = _run([_binary(binaries, "jaeger"), "version"])
     assert f'"gitVersion":"v{versions["JAEGER_VERSION"]}"' in traces.stdout.replace(" ", ""), traces
+    exporter = _run([_binary(binaries, "postgres_exporter"), "--version"])
+    first_line = (exporter.stdout + exporter.stderr).splitlines()[0]
+    assert first_line.startswith(
+        f"postgres_exporter, version {versions['POSTGRES_EXPORTER_VERSION']} ("
+    ), exporter
 
 
 def test_jaeger_config_validates(binaries: dict[str, Path]) -> None:
