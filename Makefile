@@ -34,6 +34,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict stack/postgres.py
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not e2e and not stack and not faults"
