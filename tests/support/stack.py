@@ -309,10 +309,15 @@ def logsql_string(value: str) -> str:
 @contextlib.contextmanager
 def local_stack(data_dir: Path, **collector_env: str) -> Iterator[Any]:
     """A started ``LocalStack`` on free loopback ports with its data in ``data_dir``; stopped
-    on leaving. Skips without Go (fails under CI=true), as the e2e test does."""
+    on leaving. Skips without Go (fails under CI=true), as the e2e test does. Without
+    PostgreSQL: the fault suite tests the telemetry path, and its shops run on SQLite."""
     require_toolchain()
     module = load_stack_module()
     with module.LocalStack(
-        ports=module.Ports.free(), data_dir=data_dir, collector_env=collector_env, quiet=True
+        ports=module.Ports.free(),
+        data_dir=data_dir,
+        collector_env=collector_env,
+        quiet=True,
+        postgres=False,
     ) as stack:
         yield stack
