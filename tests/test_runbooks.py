@@ -19,37 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.runbooks import RUNBOOKS, alert_rules, code_blocks, runbook_pages
+
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "stack" / "config" / "alert-rules.yml"
-RUNBOOKS = ROOT / "docs" / "runbooks"
 SECTIONS = ("## First checks", "## Mitigations", "## Escalate")
-# Fenced blocks, also indented under a list item.
-FENCE = re.compile(r"^[ \t]*```(\w+)\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
-
-
-def alert_rules() -> dict[str, dict[str, str]]:
-    """Alert name -> its annotations."""
-    document = yaml.safe_load(RULES.read_text())
-    return {
-        rule["alert"]: rule.get("annotations", {})
-        for group in document["groups"]
-        for rule in group["rules"]
-        if "alert" in rule
-    }
-
-
-def runbook_pages() -> list[Path]:
-    """Every runbook page (the index, README.md, is not one)."""
-    return sorted(p for p in RUNBOOKS.glob("*.md") if p.name != "README.md")
-
-
-def code_blocks(page: Path, language: str) -> list[str]:
-    """The contents of the page's fenced blocks in ``language``, each line unindented."""
-    return [
-        "\n".join(line.strip() for line in body.strip().splitlines())
-        for lang, body in FENCE.findall(page.read_text())
-        if lang == language
-    ]
 
 
 def promql_errors(queries: dict[str, str], promtool: Path, workdir: Path) -> list[str]:
@@ -84,11 +57,8 @@ def promql_errors(queries: dict[str, str], promtool: Path, workdir: Path) -> lis
 def test_every_rule_links_its_runbook_page() -> None:
     rules = alert_rules()
     assert len(rules) >= 7
-    wrong = {
-        name: annotations.get("runbook_url")
-        for name, annotations in rules.items()
-        if annotations.get("runbook_url") != f"docs/runbooks/{name}.md"
-    }
+    urls = {name: rule.get("annotations", {}).get("runbook_url") for name, rule in rules.items()}
+    wrong = {name: url for name, url in urls.items() if url != f"docs/runbooks/{name}.md"}
     assert wrong == {}, "runbook_url must be docs/runbooks/<alert>.md"
     missing = [name for name in rules if not (RUNBOOKS / f"{name}.md").is_file()]
     assert missing == [], f"rules without a runbook page: {missing}"

@@ -105,7 +105,8 @@ class Backends:
         """Spans of a trace, or [] when Jaeger does not know it.
 
         Jaeger's JSON (``data[0].spans``, parents in ``references``, services in ``processes``)
-        normalised to: name, kind (``SPAN_KIND_*``), spanId, parentSpanId (hex) and service.
+        normalised to: name, kind (``SPAN_KIND_*``), spanId, parentSpanId (hex), service and
+        tags (the span's attributes, ``key -> value``).
         """
         r = self.client.get(f"{self.traces}/api/traces/{trace_id}")
         if r.status_code == 404:
@@ -129,6 +130,7 @@ class Backends:
                     "",
                 ),
                 "service": processes.get(span["processID"], {}).get("serviceName", ""),
+                "tags": {tag["key"]: tag["value"] for tag in span.get("tags") or []},
             }
             for span in data[0].get("spans", [])
         ]
