@@ -776,6 +776,18 @@ def _postgres_summary(stack: LocalStack) -> str:
     )
 
 
+def _postgres_status(state: Mapping[str, object]) -> bool | None:
+    """Print whether the stack's PostgreSQL accepts connections; None if it runs none."""
+    postgres = state.get("postgres")
+    if not isinstance(postgres, dict):
+        return None
+    pg = postgres_module()
+    cluster = pg.Cluster(Path(str(postgres["directory"])), int(postgres["port"]), pg.install())
+    ready = bool(pg.accepts_connections(cluster))
+    print(f"  {'postgres':<12} port {cluster.port:<7} {'ready' if ready else 'not accepting'}")
+    return ready
+
+
 def _stop_postgres_of_state(state: Mapping[str, object]) -> None:
     postgres = state.get("postgres")
     if isinstance(postgres, dict):
@@ -794,7 +806,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         healthy = healthy and ready
         status = "ready" if ready else ("running, not ready" if running else "stopped")
         print(f"  {name:<12} pid {pid:<8} {status}")
-    return 0 if healthy else 1
+    postgres_ready = _postgres_status(state)
+    return 0 if healthy and postgres_ready is not False else 1
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
