@@ -565,7 +565,7 @@ class LocalStack:
         return bool(self._processes) and all(p.poll() is None for p in self._processes.values())
 
     def log_path(self, name: str) -> Path:
-        """Where a process' stdout and stderr go (PostgreSQL's: ``postgres_log_path``)."""
+        """Where a process' stdout and stderr go (PostgreSQL's: ``postgres/postgres.log``)."""
         return self.data_dir / "logs" / f"{name}.log"
 
     def stop_postgres(self) -> None:
