@@ -1,8 +1,9 @@
 """Build the local stack's binaries from source with Go, and cache them; no Docker needed.
 
 Components: ``otelcol`` (our OCB distribution, ``collector/builder-config.yaml``), ``prometheus``
-(with ``promtool``), ``jaeger`` (v2, the trace store) and ``victorialogs`` (the log store), at
-the versions pinned in ``stack/versions.env``. Loki, Tempo and Grafana are not built: the module
+(with ``promtool``), ``jaeger`` (v2, the trace store), ``victorialogs`` (the log store) and
+``postgres_exporter`` (PostgreSQL server metrics for Prometheus), at the versions pinned in
+``stack/versions.env``. Loki, Tempo and Grafana are not built: the module
 list marks them not-to-use (AGPL); docker-compose.yml runs their images instead.
 
 Each lands in ``~/.cache/otel-dist-stack/<name>-<version>/bin/``; a component whose binaries are
@@ -67,6 +68,7 @@ VICTORIALOGS_MODULE = "github.com/VictoriaMetrics/VictoriaLogs"
 VICTORIALOGS_MAIN = "app/victoria-logs"
 # VictoriaLogs takes its version string from VictoriaMetrics' buildinfo package.
 VICTORIALOGS_BUILDINFO = "github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo"
+POSTGRES_EXPORTER_MODULE = "github.com/prometheus-community/postgres_exporter"
 BUILD_USER = "otel-dist"
 # Served by the proxy, but the checksum database (also through the proxy) answers 404 for them,
 # so `go` would refuse them. Exempted one by one; go.sum still records the hash of the zip.
@@ -83,6 +85,8 @@ REQUIRED_KEYS = (
     "JAEGER_GO_VERSION",
     "VICTORIALOGS_VERSION",
     "VICTORIALOGS_GO_VERSION",
+    "POSTGRES_EXPORTER_VERSION",
+    "POSTGRES_EXPORTER_GO_VERSION",
 )
 
 
@@ -407,6 +411,25 @@ def build_victorialogs(b: Build) -> None:
         )
 
 
+def build_postgres_exporter(b: Build) -> None:
+    """postgres_exporter, the Prometheus exporter of PostgreSQL's statistics views.
+
+    Built from a downloaded copy rather than ``go install module@version``: the proxy answers
+    403 for the module's version list, which ``go install`` reads to check for deprecation,
+    while the pinned version's own files download.
+    """
+    module_dir = download_module(
+        b, POSTGRES_EXPORTER_MODULE, b.versions["POSTGRES_EXPORTER_GO_VERSION"]
+    )
+    src = writable_copy(module_dir, b.component.home / "src")
+    ldflags = _xflags(
+        "github.com/prometheus/common/version",
+        Version=b.versions["POSTGRES_EXPORTER_VERSION"],
+        BuildUser=BUILD_USER,
+    )
+    go_build(b, src, "./cmd/postgres_exporter", "postgres_exporter", ldflags)
+
+
 def check_prometheus_ready(prometheus: Path) -> None:
     """Start Prometheus on a free loopback port with a minimal config; wait for /-/ready; stop."""
     with tempfile.TemporaryDirectory(prefix="otel-dist-prom-") as tmp:
@@ -482,6 +505,13 @@ def components(versions: dict[str, str]) -> list[Component]:
             f"{VICTORIALOGS_MODULE}@{versions['VICTORIALOGS_GO_VERSION']}",
             ("victoria-logs",),
             build_victorialogs,
+        ),
+        Component(
+            "postgres_exporter",
+            versions["POSTGRES_EXPORTER_VERSION"],
+            f"{POSTGRES_EXPORTER_MODULE}@{versions['POSTGRES_EXPORTER_GO_VERSION']}",
+            ("postgres_exporter",),
+            build_postgres_exporter,
         ),
     ]
 

@@ -1,10 +1,13 @@
-"""Run the otel-dist stack without Docker: Prometheus, VictoriaLogs, Jaeger and our collector.
+"""Run the otel-dist stack without Docker: backends, our collector, PostgreSQL and its exporter.
 
 Everything listens on loopback. Traces go to Jaeger v2 (``stack/config/jaeger.yaml``, in
-memory), logs to VictoriaLogs (OTLP in, LogsQL out), metrics to Prometheus. docker-compose.yml
-runs Tempo and Loki instead; the collector config is the same file, and the local stack selects
-its ``otlp_grpc/jaeger`` and ``otlp_http/victorialogs`` exporters through
-``OTELCOL_TRACES_EXPORTERS`` and ``OTELCOL_LOGS_EXPORTERS``.
+memory), logs to VictoriaLogs (OTLP in, LogsQL out), metrics to Prometheus. PostgreSQL
+(Debian's server, through ``stack/postgres.py``) holds the shop's database, as in
+docker-compose.yml; postgres_exporter reads its statistics as a ``pg_monitor`` role and
+Prometheus scrapes it. docker-compose.yml runs Tempo and Loki instead; the collector config is
+the same file, and the local stack selects its ``otlp_grpc/jaeger`` and
+``otlp_http/victorialogs`` exporters through ``OTELCOL_TRACES_EXPORTERS`` and
+``OTELCOL_LOGS_EXPORTERS``.
 
 The binaries come from ``stack/build.py`` (built first, with its progress shown, if any is
 missing); the collector and Prometheus configs are the ones docker-compose.yml mounts
@@ -18,10 +21,12 @@ Usage::
     python stack/run.py status
     python stack/run.py stop
 
-Data (TSDB, log partitions, the collector's queue, one log per process) goes under
-``~/.cache/otel-dist-stack/run/<timestamp>/`` unless ``--data-dir`` is given. ``start`` writes the
-pids to ``state.json`` there and points ``~/.cache/otel-dist-stack/run/current`` at it;
-``stop`` sends SIGTERM, then SIGKILL to what is left after 10 s.
+Data (TSDB, log partitions, the collector's queue, one log per process, the PostgreSQL cluster)
+goes under ``~/.cache/otel-dist-stack/run/<timestamp>/`` unless ``--data-dir`` is given.
+``postgres.env`` there holds the shop's ``DATABASE_URL`` (passwords are made anew at each
+start). ``start`` writes the pids to ``state.json`` there and points
+``~/.cache/otel-dist-stack/run/current`` at it; ``stop`` sends SIGTERM, then SIGKILL to what
+is left after 10 s, and stops PostgreSQL.
 
 From Python (the end-to-end tests)::
 
@@ -36,8 +41,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import importlib.util
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +58,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "stack" / "build.py"
@@ -63,7 +72,7 @@ READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
 POLL_S = 0.25
 LOG_TAIL_LINES = 30
-BINARIES = ("otelcol", "prometheus", "jaeger", "victorialogs")
+BINARIES = ("otelcol", "prometheus", "jaeger", "victorialogs", "postgres_exporter")
 # The exporters the local stack selects in collector/config.yaml; compose keeps the defaults
 # (Tempo and Loki).
 LOCAL_EXPORTERS = {
@@ -95,6 +104,9 @@ class Ports:
     jaeger_metrics: int = 8889
     # VictoriaLogs' one HTTP port: OTLP ingestion, LogsQL, /health and its own /metrics.
     victorialogs_http: int = 9428
+    # Not 5432: a distribution's own cluster (Debian's package starts one) usually has it.
+    postgres: int = 15432
+    postgres_exporter: int = 9187
 
     @classmethod
     def free(cls) -> Ports:
@@ -175,6 +187,7 @@ def render_prometheus_config(data_dir: Path, ports: Ports) -> Path:
         '"loki:3100"': f'"{HOST}:{ports.victorialogs_http}"',
         "job_name: loki": "job_name: victorialogs",
         '"localhost:9090"': f'"{HOST}:{ports.prometheus}"',
+        '"postgres-exporter:9187"': f'"{HOST}:{ports.postgres_exporter}"',
         "- alert-rules.yml": f"- {CONFIG_DIR / 'alert-rules.yml'}",
     }
     for old, new in replacements.items():
@@ -286,11 +299,135 @@ def jaeger_service(paths: Mapping[str, Path], ports: Ports) -> Service:
     )
 
 
+# --- PostgreSQL (stack/postgres.py) and postgres_exporter -----------------------------------------
+POSTGRES_SCRIPT = REPO / "stack" / "postgres.py"
+SHOP_DATABASE = "shop"
+SHOP_ROLE = "shop"
+MONITOR_ROLE = "otel_monitor"
+POSTGRES_ENV_FILE = "postgres.env"
+
+
+def postgres_module() -> ModuleType:
+    """stack/postgres.py as a module (a script beside this one, not a package)."""
+    name = "otel_dist_stack_postgres"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, POSTGRES_SCRIPT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class PostgresSetup:
+    """The stack's running PostgreSQL: its cluster directory, port and the roles' passwords."""
+
+    directory: Path
+    port: int
+    app_password: str
+    monitor_password: str
+
+    def database_url(self, driver: str = "postgresql+psycopg") -> str:
+        """The shop's database as its owner, over TCP on loopback."""
+        return f"{driver}://{SHOP_ROLE}:{self.app_password}@{HOST}:{self.port}/{SHOP_DATABASE}"
+
+    def exporter_env(self) -> dict[str, str]:
+        """postgres_exporter's connection, as the monitoring role (no password on argv)."""
+        return {
+            "DATA_SOURCE_URI": f"{HOST}:{self.port}/postgres?sslmode=disable",
+            "DATA_SOURCE_USER": MONITOR_ROLE,
+            "DATA_SOURCE_PASS": self.monitor_password,
+        }
+
+
+def postgres_directory(data_dir: Path) -> Path:
+    """Where the cluster lives: ``data_dir/postgres``, or a link there to a reachable directory.
+
+    PostgreSQL refuses to run as root, so as root stack/postgres.py runs it as the ``postgres``
+    user, which must be able to enter every parent directory. The default data dir is under
+    the home directory, which root keeps closed (mode 0700); the cluster then goes to a
+    directory under the temporary directory, named after ``data_dir`` so the same data dir
+    finds it again, and ``data_dir/postgres`` links to it.
+    """
+    link = data_dir / "postgres"
+    if link.is_symlink() or os.geteuid() != 0 or _enterable_by_others(data_dir):
+        return link
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    outside = Path(os.environ.get("TMPDIR", "/tmp")) / f"otel-dist-stack-postgres-{digest}"  # noqa: S108
+    outside.mkdir(mode=0o700, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
+    return link
+
+
+def _enterable_by_others(directory: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [directory, *directory.parents] if p.exists())
+
+
+def start_postgres(data_dir: Path, ports: Ports, say: Callable[[str], object]) -> PostgresSetup:
+    """Start the cluster (initialised on first use), create the shop's and the monitoring roles.
+
+    Passwords are made anew at each start and written to ``data_dir/postgres.env`` (mode 0600)
+    as the shop's ``DATABASE_URL``; the monitoring role gets ``pg_monitor`` and reads only.
+    """
+    pg = postgres_module()
+    started = time.monotonic()
+    directory = postgres_directory(data_dir)
+    try:
+        cluster = pg.start(directory, ports.postgres)
+        setup = PostgresSetup(
+            directory, ports.postgres, secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+        )
+        pg.create_app_database(cluster, SHOP_DATABASE, SHOP_ROLE, setup.app_password)
+        pg.create_monitoring_role(cluster, MONITOR_ROLE, setup.monitor_password)
+    except pg.PostgresError as error:
+        with contextlib.suppress(pg.PostgresError):
+            pg.stop(directory)
+        raise StackError(f"PostgreSQL: {error}") from None
+    env_file = data_dir / POSTGRES_ENV_FILE
+    env_file.touch(mode=0o600)
+    env_file.write_text(f"DATABASE_URL={setup.database_url()}\n")
+    say(f"{'postgres':<12} ready in {time.monotonic() - started:.1f}s ({HOST}:{ports.postgres})")
+    return setup
+
+
+def stop_postgres(directory: Path, say: Callable[[str], object]) -> None:
+    """Stop the server on ``directory`` if it runs (fast shutdown: sessions are ended)."""
+    pg = postgres_module()
+    try:
+        stopped = pg.stop(directory)
+    except pg.PostgresError as error:
+        say(f"{'postgres':<12} could not be stopped: {error}")
+        return
+    if stopped:
+        say(f"{'postgres':<12} stopped")
+
+
+def postgres_exporter_service(
+    paths: Mapping[str, Path], ports: Ports, setup: PostgresSetup
+) -> Service:
+    """postgres_exporter on loopback, reading the server as the monitoring role."""
+    return Service(
+        "postgres_exporter",
+        (
+            str(paths["postgres_exporter"]),
+            f"--web.listen-address={HOST}:{ports.postgres_exporter}",
+            "--log.level=warn",
+        ),
+        setup.exporter_env(),
+        f"http://{HOST}:{ports.postgres_exporter}/metrics",
+    )
+
+
 class LocalStack:
     """Prometheus, VictoriaLogs, Jaeger and the collector as child processes, for ``with``.
 
     ``collector_env`` adds or overrides the collector's variables (``TAIL_SAMPLING_PERCENT``,
     ``OTELCOL_LOGS_EXPORTERS`` ...). ``data_dir`` defaults to a fresh timestamped directory.
+    ``postgres=False`` leaves out PostgreSQL and postgres_exporter (for tests of the telemetry
+    path alone, whose apps use SQLite).
     On leaving the block every process is stopped (SIGTERM, then SIGKILL after 10 s), also when
     the block or the start-up raised.
     """
@@ -302,8 +439,12 @@ class LocalStack:
         collector_env: Mapping[str, str] | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
         quiet: bool = False,
+        *,
+        postgres: bool = True,
     ) -> None:
         self.ports = ports or Ports()
+        self.with_postgres = postgres
+        self.postgres: PostgresSetup | None = None
         self.data_dir = (data_dir or _fresh_data_dir()).resolve()
         self.collector_env = dict(collector_env or {})
         self.ready_timeout_s = ready_timeout_s
@@ -342,6 +483,13 @@ class LocalStack:
         """The collector's own Prometheus metrics."""
         return f"http://{HOST}:{self.ports.collector_metrics}/metrics"
 
+    @property
+    def database_url(self) -> str:
+        """The shop's SQLAlchemy URL on the stack's PostgreSQL (psycopg driver)."""
+        if self.postgres is None:
+            raise StackError("this stack runs no PostgreSQL (started with postgres=False)")
+        return self.postgres.database_url()
+
     # --- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> LocalStack:
         """Start everything; on any failure stop what was started and re-raise."""
@@ -366,6 +514,9 @@ class LocalStack:
         paths = binary_paths()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         planned = services(paths, self.data_dir, self.ports, self.collector_env)
+        if self.with_postgres:
+            self.postgres = start_postgres(self.data_dir, self.ports, self._say)
+            planned.insert(0, postgres_exporter_service(paths, self.ports, self.postgres))
         self._services = {service.name: service for service in planned}
         backends, collector = planned[:-1], planned[-1]
         # The backends are independent: start all, then wait for each. The collector last, so
@@ -385,6 +536,8 @@ class LocalStack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._processes[name].wait(timeout=1)
         self._processes.clear()
+        if self.postgres is not None:
+            stop_postgres(self.postgres.directory, self._say)
 
     def restart(self, name: str, env: Mapping[str, str] | None = None) -> None:
         """Stop one process (e.g. ``otelcol``) and start it again with the same settings.
@@ -412,8 +565,34 @@ class LocalStack:
         return bool(self._processes) and all(p.poll() is None for p in self._processes.values())
 
     def log_path(self, name: str) -> Path:
-        """Where a process' stdout and stderr go."""
+        """Where a process' stdout and stderr go (PostgreSQL's: ``postgres/postgres.log``)."""
         return self.data_dir / "logs" / f"{name}.log"
+
+    def stop_postgres(self) -> None:
+        """Stop the PostgreSQL server alone (fast shutdown), e.g. to see the app without it."""
+        if self.postgres is None:
+            raise StackError("this stack runs no PostgreSQL (started with postgres=False)")
+        stop_postgres(self.postgres.directory, self._say)
+
+    def start_postgres(self) -> None:
+        """Start the PostgreSQL server again on the same cluster, roles and passwords."""
+        if self.postgres is None:
+            raise StackError("this stack runs no PostgreSQL (started with postgres=False)")
+        postgres_module().start(self.postgres.directory, self.ports.postgres)
+
+    def remove_postgres_cluster(self) -> None:
+        """Stop PostgreSQL and delete its cluster, also where ``data_dir/postgres`` links to.
+
+        For tests: their data dirs are temporary, but a cluster outside the data dir (see
+        ``postgres_directory``) would outlive them.
+        """
+        if self.postgres is None:
+            return
+        stop_postgres(self.postgres.directory, self._say)
+        directory = self.postgres.directory
+        shutil.rmtree(directory.resolve(), ignore_errors=True)
+        if directory.is_symlink():
+            directory.unlink()
 
     # --- internals ---------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -465,6 +644,11 @@ class LocalStack:
             },
             "ready_urls": {name: service.ready_url for name, service in self._services.items()},
         }
+        if self.postgres is not None:
+            state["postgres"] = {
+                "directory": str(self.postgres.directory),
+                "port": self.postgres.port,
+            }
         (self.data_dir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
 
 
@@ -562,6 +746,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         f"  Jaeger       {stack.jaeger_url}  (traces)\n"
         f"  VictoriaLogs {stack.victorialogs_url}  (logs, LogsQL)\n"
         f"  collector    {stack.collector_metrics_url}\n"
+        f"{_postgres_summary(stack)}"
         f"stop with: python stack/run.py stop"
     )
     if not args.foreground:
@@ -581,6 +766,34 @@ def _cmd_start(args: argparse.Namespace) -> int:
         CURRENT.unlink(missing_ok=True)
 
 
+def _postgres_summary(stack: LocalStack) -> str:
+    if stack.postgres is None:
+        return ""
+    return (
+        f"  PostgreSQL   {HOST}:{stack.ports.postgres}  (metrics: postgres_exporter on"
+        f" {HOST}:{stack.ports.postgres_exporter})\n"
+        f"  the shop on it: set -a; . {stack.data_dir / POSTGRES_ENV_FILE}; set +a\n"
+    )
+
+
+def _postgres_status(state: Mapping[str, object]) -> bool | None:
+    """Print whether the stack's PostgreSQL accepts connections; None if it runs none."""
+    postgres = state.get("postgres")
+    if not isinstance(postgres, dict):
+        return None
+    pg = postgres_module()
+    cluster = pg.Cluster(Path(str(postgres["directory"])), int(postgres["port"]), pg.install())
+    ready = bool(pg.accepts_connections(cluster))
+    print(f"  {'postgres':<12} port {cluster.port:<7} {'ready' if ready else 'not accepting'}")
+    return ready
+
+
+def _stop_postgres_of_state(state: Mapping[str, object]) -> None:
+    postgres = state.get("postgres")
+    if isinstance(postgres, dict):
+        stop_postgres(Path(str(postgres["directory"])), print)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     directory, state = _load_state(args.data_dir)
     urls = state.get("ready_urls", {})
@@ -593,7 +806,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         healthy = healthy and ready
         status = "ready" if ready else ("running, not ready" if running else "stopped")
         print(f"  {name:<12} pid {pid:<8} {status}")
-    return 0 if healthy else 1
+    postgres_ready = _postgres_status(state)
+    return 0 if healthy and postgres_ready is not False else 1
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
@@ -603,6 +817,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
             _terminate(pid, print, name)
         else:
             print(f"{name:<12} not running")
+    _stop_postgres_of_state(state)
     if CURRENT.is_symlink() and CURRENT.resolve() == directory.resolve():
         CURRENT.unlink()
     return 0

@@ -39,7 +39,16 @@ CONFIG = STACK / "config"
 COLLECTOR_CONFIG = ROOT / "collector" / "config.yaml"
 GRAFANA = ROOT / "grafana"
 DATASOURCE_UIDS = {"prometheus", "tempo", "loki"}
-COMPOSE_SERVICES = {"shop", "postgres", "collector", "prometheus", "loki", "tempo", "grafana"}
+COMPOSE_SERVICES = {
+    "shop",
+    "postgres",
+    "postgres-exporter",
+    "collector",
+    "prometheus",
+    "loki",
+    "tempo",
+    "grafana",
+}
 # What compose publishes on the host, and the variables that change how.
 PUBLISHED = {"shop": {8000}, "collector": {4317, 4318}, "grafana": {3000}}
 PUBLISH_ADDRESS = "STACK_PUBLISH_ADDRESS"
@@ -186,7 +195,7 @@ def test_compose_publishes_the_front_ports_on_loopback_only(compose_model: dict[
 def test_compose_publishes_no_backend(compose_model: dict[str, Any]) -> None:
     # Prometheus, Loki, Tempo and Postgres are reached through Grafana and the collector, on the
     # compose network.
-    for backend in ("prometheus", "loki", "tempo", "postgres"):
+    for backend in ("prometheus", "loki", "tempo", "postgres", "postgres-exporter"):
         assert not compose_model["services"][backend].get("ports"), backend
 
 
@@ -243,6 +252,9 @@ def test_compose_project_resolves_with_pinned_versions(compose_model: dict[str, 
         in services["tempo"]["build"]["dockerfile_inline"]
     )
     assert services["collector"]["build"]["args"]["OCB_VERSION"] == versions["OCB_VERSION"]
+    assert services["postgres-exporter"]["image"] == (
+        f"quay.io/prometheuscommunity/postgres-exporter:v{versions['POSTGRES_EXPORTER_VERSION']}"
+    )
 
 
 def test_compose_services_have_healthchecks(compose_model: dict[str, Any]) -> None:
@@ -265,6 +277,7 @@ def test_compose_mounts_the_shared_config_files(compose_model: dict[str, Any]) -
         CONFIG / "alert-rules.yml",
         CONFIG / "loki.yaml",
         CONFIG / "tempo.yaml",
+        CONFIG / "postgres-monitoring.sql",
         GRAFANA / "provisioning",
         GRAFANA / "dashboards",
     }
@@ -383,6 +396,11 @@ def test_backends_report_their_pinned_versions(binaries: dict[str, Path]) -> Non
     assert logs.stdout.strip() == f"victoria-logs-v{versions['VICTORIALOGS_VERSION']}", logs
     traces = _run([_binary(binaries, "jaeger"), "version"])
     assert f'"gitVersion":"v{versions["JAEGER_VERSION"]}"' in traces.stdout.replace(" ", ""), traces
+    exporter = _run([_binary(binaries, "postgres_exporter"), "--version"])
+    first_line = (exporter.stdout + exporter.stderr).splitlines()[0]
+    assert first_line.startswith(
+        f"postgres_exporter, version {versions['POSTGRES_EXPORTER_VERSION']} ("
+    ), exporter
 
 
 def test_jaeger_config_validates(binaries: dict[str, Path]) -> None:

@@ -92,9 +92,16 @@ def test_the_check_names_each_forbidden_module() -> None:
 
 def test_build_plan_holds_only_allowed_modules() -> None:
     components, modules = _print_plan()
-    assert set(components) == {"otelcol", "prometheus", "jaeger", "victorialogs"}
+    assert set(components) == {
+        "otelcol",
+        "prometheus",
+        "jaeger",
+        "victorialogs",
+        "postgres_exporter",
+    }
     assert "github.com/jaegertracing/jaeger@v1.75.0" in modules
     assert "github.com/VictoriaMetrics/VictoriaLogs@v1.52.2" in modules
+    assert "github.com/prometheus-community/postgres_exporter@v0.17.1" in modules
     assert module_violations(modules) == []
     assert len(modules) > len(components), "the collector manifest's modules are in the plan"
 

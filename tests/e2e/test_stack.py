@@ -3,7 +3,9 @@
 The local stack (stack/run.py, binaries built from source by stack/build.py) runs on free
 loopback ports. Two instances of the example shop send to it: ``shop`` set up with
 ``configure()`` and ``shop-zero`` under ``opentelemetry-instrument``; ``shop``'s /outgoing calls
-``shop-zero``, so the service graph has an edge. Every assertion goes through a backend's own
+``shop-zero``, so the service graph has an edge. Both keep their items in the stack's
+PostgreSQL, as in docker-compose.yml, whose server metrics postgres_exporter hands to
+Prometheus. Every assertion goes through a backend's own
 HTTP API: PromQL as Grafana's dashboards issue it, Jaeger's trace API, VictoriaLogs' LogsQL.
 
 The Docker-free stack stores traces in Jaeger v2 and logs in VictoriaLogs (Tempo and Loki are
@@ -17,6 +19,7 @@ Under CI=true nothing here skips: a missing Go toolchain or a failed build is a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from support.runbooks import RUNBOOKS, alert_rules, code_blocks, runbook_pages
 from support.servers import REPO_ROOT, ServerProcess
 from support.stack import (
     Backends,
@@ -158,7 +162,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         data_dir=workdir / "stack",
         collector_env={"TAIL_SAMPLING_DECISION_WAIT": "2s"},
     )
-    with stack:
+    with contextlib.ExitStack() as cleanup:
+        # Last out: the cluster may live outside the test's temporary directory.
+        cleanup.callback(stack.remove_postgres_cluster)
+        cleanup.enter_context(stack)
+        database = {"DATABASE_URL": stack.database_url}
         shop_zero = start_shop(
             stack,
             workdir,
@@ -166,6 +174,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             command=("opentelemetry-instrument", "uvicorn", "examples.shop.service:app"),
             environment="e2e",
             **FAST_EXPORT,
+            **database,
         )
         shop = None
         try:
@@ -176,6 +185,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 environment="e2e",
                 UPSTREAM_URL=f"{shop_zero.base_url}/items",
                 **FAST_EXPORT,
+                **database,
             )
             backends = Backends(stack.prometheus_url, stack.jaeger_url, stack.victorialogs_url)
             result = Run(stack, backends, shop, shop_zero)
@@ -257,6 +267,114 @@ def test_db_pool_span_metric_and_service_graph_series_exist(run: Run):
         timeout=90,
     )
     assert edges
+
+
+def _ok_trace_id(response: httpx.Response) -> str:
+    """The trace id of a successful response, from its ``traceresponse`` header."""
+    return response.headers["traceresponse"].split("-")[1]
+
+
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [("shop", "/items/1"), ("shop-zero", "/items?limit=5")],
+    ids=["configure", "zero-code"],
+)
+def test_shop_database_spans_say_postgresql(run: Run, service: str, path: str):
+    server = run.shop if service == "shop" else run.shop_zero
+    response = httpx.get(f"{server.base_url}{path}", timeout=10)
+    assert response.status_code == 200
+    trace_id = _ok_trace_id(response)
+    spans = eventually(lambda: _with_kinds(run.backends.trace(trace_id), SERVER_AND_CLIENT))
+    db = [s for s in spans if s["kind"] == "SPAN_KIND_CLIENT" and s["name"].startswith("SELECT")]
+    assert db, spans
+    assert {s["tags"].get("db.system.name") for s in db} == {"postgresql"}, db
+    assert {s["service"] for s in db} == {service}
+
+
+# The server's statistics as postgres_exporter reports them, each for the shop's database.
+SERVER_SERIES = (
+    'pg_up{job="postgres"} == 1',
+    # The shops' pools keep connections open between requests.
+    'sum by (state) (pg_stat_activity_count{job="postgres", datname="shop", usename="shop"}) > 0',
+    'pg_locks_count{job="postgres", datname="shop", mode="accesssharelock"}',
+    'pg_stat_database_deadlocks{job="postgres", datname="shop"}',
+    'pg_stat_database_blks_hit{job="postgres", datname="shop"} > 0',
+    'pg_stat_database_xact_commit{job="postgres", datname="shop"} > 0',
+    'pg_settings_max_connections{job="postgres"}',
+)
+
+
+@pytest.mark.parametrize("query", SERVER_SERIES)
+def test_postgres_server_series_are_in_prometheus(run: Run, query: str):
+    assert eventually(lambda: run.backends.promql(query), timeout=90)
+
+
+def test_connection_saturation_rule_is_loaded_and_evaluates_on_the_real_series(run: Run):
+    rule = alert_rules()["PostgresConnectionsSaturated"]
+    ratio_expr, _, threshold = rule["expr"].rpartition(">")
+    assert float(threshold) == 0.8
+    (ratio,) = eventually(lambda: run.backends.promql(ratio_expr), timeout=90)
+    # Two small pools and the exporter against 97 usable connections: far from saturated.
+    assert 0 < float(ratio["value"][1]) < 0.8, ratio
+
+    def loaded() -> list[dict[str, Any]]:
+        answer = httpx.get(f"{run.stack.prometheus_url}/api/v1/rules", timeout=10).json()
+        return [
+            r
+            for group in answer["data"]["groups"]
+            for r in group["rules"]
+            if r.get("name") == "PostgresConnectionsSaturated" and r.get("health") == "ok"
+        ]
+
+    (loaded_rule,) = eventually(loaded, timeout=60)
+    assert loaded_rule["state"] == "inactive"
+    assert loaded_rule["annotations"]["runbook_url"] == rule["annotations"]["runbook_url"]
+
+
+def test_monitoring_role_has_pg_monitor_reads_only_and_is_not_superuser(run: Run):
+    import psycopg  # noqa: PLC0415 - only this test talks to PostgreSQL directly
+
+    postgres = run.stack.postgres
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=postgres.port,
+        user="otel_monitor",
+        password=postgres.monitor_password,
+        dbname="shop",
+    ) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb,"
+            " pg_has_role(current_user, 'pg_monitor', 'member')"
+            " FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert row == (False, False, False, True)
+        # pg_monitor shows the query of every session; a plain role sees only its own.
+        hidden, sessions = conn.execute(
+            "SELECT count(*) FILTER (WHERE query = '<insufficient privilege>'), count(*)"
+            " FROM pg_stat_activity WHERE usename = 'shop'"
+        ).fetchone()
+        assert (hidden, sessions > 0) == (0, True)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE monitor_may_not_write (x int)")
+
+
+def test_runbook_log_queries_run_on_the_log_store(run: Run):
+    """Every LogsQL query in the runbooks is accepted by VictoriaLogs; the error-log one finds
+    the shop's failures (the fixture's /fail requests)."""
+    queries = {
+        f"{page.stem}#{n}": query
+        for page in runbook_pages()
+        for n, query in enumerate(code_blocks(page, "logsql"), start=1)
+    }
+    assert len(queries) >= 4
+    for name, query in queries.items():
+        try:
+            run.backends.logsql(query)
+        except httpx.HTTPStatusError as error:
+            pytest.fail(f"{name}: VictoriaLogs refused {query!r}: {error.response.text}")
+    (errors_query, *_) = code_blocks(RUNBOOKS / "HighErrorRate.md", "logsql")
+    entries = eventually(lambda: run.backends.logsql(errors_query))
+    assert {entry["service.name"] for entry in entries} == {"shop"}
 
 
 def _dashboard_queries() -> list[tuple[str, str, str, str]]:

@@ -105,7 +105,8 @@ class Backends:
         """Spans of a trace, or [] when Jaeger does not know it.
 
         Jaeger's JSON (``data[0].spans``, parents in ``references``, services in ``processes``)
-        normalised to: name, kind (``SPAN_KIND_*``), spanId, parentSpanId (hex) and service.
+        normalised to: name, kind (``SPAN_KIND_*``), spanId, parentSpanId (hex), service and
+        tags (the span's attributes, ``key -> value``).
         """
         r = self.client.get(f"{self.traces}/api/traces/{trace_id}")
         if r.status_code == 404:
@@ -129,6 +130,7 @@ class Backends:
                     "",
                 ),
                 "service": processes.get(span["processID"], {}).get("serviceName", ""),
+                "tags": {tag["key"]: tag["value"] for tag in span.get("tags") or []},
             }
             for span in data[0].get("spans", [])
         ]
@@ -309,10 +311,15 @@ def logsql_string(value: str) -> str:
 @contextlib.contextmanager
 def local_stack(data_dir: Path, **collector_env: str) -> Iterator[Any]:
     """A started ``LocalStack`` on free loopback ports with its data in ``data_dir``; stopped
-    on leaving. Skips without Go (fails under CI=true), as the e2e test does."""
+    on leaving. Skips without Go (fails under CI=true), as the e2e test does. Without
+    PostgreSQL: the fault suite tests the telemetry path, and its shops run on SQLite."""
     require_toolchain()
     module = load_stack_module()
     with module.LocalStack(
-        ports=module.Ports.free(), data_dir=data_dir, collector_env=collector_env, quiet=True
+        ports=module.Ports.free(),
+        data_dir=data_dir,
+        collector_env=collector_env,
+        quiet=True,
+        postgres=False,
     ) as stack:
         yield stack
