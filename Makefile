@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
 SA20 := .cache/sqlalchemy-2.0
+# make stack TOPOLOGY=scaled: an agent routing by trace id onto three gateway collectors.
+TOPOLOGY ?= single
 
-.PHONY: install dist demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci clean
+.PHONY: install dist demo test lint typecheck unit test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci scale scale-ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,14 +31,14 @@ demo: $(STAMP)
 test: lint typecheck unit test-sqlalchemy-2.0
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples stack bench
+	$(VENV)/bin/ruff check src tests examples stack bench deploy
 	$(VENV)/bin/ruff format --check src
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not e2e and not stack and not faults"
+	$(VENV)/bin/pytest -q -m "not e2e and not stack and not faults and not scale"
 
 $(SA20)/.installed:
 	$(PY) -m pip install --quiet --no-deps --target $(SA20) "sqlalchemy>=2.0,<2.1"
@@ -49,7 +51,7 @@ test-sqlalchemy-2.0: $(STAMP) $(SA20)/.installed
 ## make stack: build (cached under ~/.cache/otel-dist-stack) and start the Docker-free stack.
 stack: $(STAMP)
 	$(PY) stack/build.py
-	$(PY) stack/run.py start
+	$(PY) stack/run.py start --topology $(TOPOLOGY)
 
 stack-stop:
 	$(PY) stack/run.py stop
@@ -79,5 +81,16 @@ faults-ci: $(STAMP)
 	$(PY) stack/build.py
 	OTEL_DIST_FAULTS=ci $(VENV)/bin/pytest -q -s -m faults
 
+## make scale: agent + gateway collectors under load and failure, full scale -> README "Scaling"
+scale: $(STAMP)
+	$(PY) stack/build.py
+	rm -f .scale/results.jsonl
+	OTEL_DIST_SCALE=full $(VENV)/bin/pytest -q -s -m scale
+
+## make scale-ci: the same suite at a short scale (20 s of load, 10 s capacity windows); CI runs it
+scale-ci: $(STAMP)
+	$(PY) stack/build.py
+	OTEL_DIST_SCALE=ci $(VENV)/bin/pytest -q -s -m scale
+
 clean:
-	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) .cache .bench .scale .pytest_cache .mypy_cache .ruff_cache dist

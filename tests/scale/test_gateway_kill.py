@@ -123,7 +123,7 @@ def _all_traces_whole(stack: Any, wanted: set[str], requests: int) -> dict[str, 
 
     def complete() -> bool:
         latest.clear()
-        latest.update(stored_traces(backends, "shop", 2 * requests + 100))
+        latest.update(stored_traces(backends, "shop", 2 * requests + 100, wanted=wanted))
         return all(i in latest and latest[i].whole(SERVICES) for i in wanted)
 
     with contextlib.suppress(pytest.fail.Exception):

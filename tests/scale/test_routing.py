@@ -122,7 +122,7 @@ def _settled_traces(backends: Backends, failing: set[str], requests: int) -> dic
     limit = 2 * requests + 100
 
     def errors_whole() -> dict[str, StoredTrace] | None:
-        traces = stored_traces(backends, "shop", limit)
+        traces = stored_traces(backends, "shop", limit, wanted=failing)
         whole = {i for i in failing if i in traces and traces[i].whole(SERVICES)}
         return traces if whole == failing else None
 
@@ -133,7 +133,8 @@ def _settled_traces(backends: Backends, failing: set[str], requests: int) -> dic
     while current.keys() != previous.keys() and time.monotonic() < deadline:
         time.sleep(DECISION_WAIT_S + 1)
         previous, current = current, stored_traces(backends, "shop", limit)
-    return current
+    # Judge each trace on its lookup by id where the search returned it in part.
+    return stored_traces(backends, "shop", limit, wanted=current.keys() | failing)
 
 
 def _spans_sent_and_accepted(stack: Any) -> tuple[dict[str, float], dict[str, float]]:

@@ -213,10 +213,43 @@ class StoredTrace:
         )
 
 
-def stored_traces(backends: Backends, service: str, limit: int) -> dict[str, StoredTrace]:
-    """Every trace of ``service`` Jaeger has from the last hour (up to ``limit``), by id."""
-    found = backends.jaeger_search(JaegerSearch({"service": service, "limit": str(limit)}))
-    return {trace["traceID"]: _stored(trace) for trace in found}
+def stored_traces(
+    backends: Backends,
+    service: str,
+    limit: int,
+    services: Iterable[str] = ("shop", "stock"),
+    wanted: Iterable[str] = (),
+) -> dict[str, StoredTrace]:
+    """Every trace of ``services`` Jaeger has from the last hour (up to ``limit`` each), by id.
+
+    Jaeger's search can answer without some spans of a trace, or without a trace, that a lookup
+    by id already returns (seen under load with its memory store): so every service is searched,
+    the fuller answer kept, and each of ``wanted`` that no search returned whole is looked up by
+    its id.
+    """
+    traces: dict[str, StoredTrace] = {}
+    for name in dict.fromkeys((service, *services)):
+        found = backends.jaeger_search(JaegerSearch({"service": name, "limit": str(limit)}))
+        for trace in map(_stored, found):
+            known = traces.get(trace.trace_id)
+            if known is None or len(trace.spans) > len(known.spans):
+                traces[trace.trace_id] = trace
+    for trace_id in wanted:
+        if trace_id in traces and traces[trace_id].whole(services):
+            continue
+        looked_up = _lookup(backends, trace_id)
+        if looked_up is not None:
+            traces[trace_id] = looked_up
+    return traces
+
+
+def _lookup(backends: Backends, trace_id: str) -> StoredTrace | None:
+    response = backends.client.get(f"{backends.traces}/api/traces/{trace_id}")
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    data = response.json().get("data") or []
+    return _stored(data[0]) if data else None
 
 
 def _stored(trace: dict[str, Any]) -> StoredTrace:
