@@ -15,6 +15,7 @@ is written to the data directory.
 Usage::
 
     python stack/run.py start [--data-dir DIR] [--foreground]
+    python stack/run.py start --topology scaled [--gateways 3]   # an agent routing onto gateways
     python stack/run.py status
     python stack/run.py stop
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -193,3 +194,45 @@ def test_gateway_overlay_turns_on_tail_sampling_and_names_the_gateway() -> None:
     single = _print_config(COLLECTOR / "config.yaml")["service"]["pipelines"]
     assert single["traces/sampled"]["processors"] == ["memory_limiter"]
     assert "resource/gateway" not in single["traces"]["processors"]
+
+
+# --- the scaled local topology (stack/run.py), without starting it ---------------------------
+def test_scaled_stack_refuses_zero_gateways_with_the_reason() -> None:
+    argv = ["start", "--topology", "scaled", "--gateways", "0", "--data-dir", "/nonexistent/x"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stack" / "run.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: a scaled stack needs at least one gateway, got 0"
+
+
+def test_scaled_stack_plans_an_agent_over_every_gateway_and_scrapes_them_all(
+    tmp_path: Path,
+) -> None:
+    run = load_stack_module()
+    ports = run.Ports.free()
+    gateways = {run.gateway_name(i): run.GatewayPorts.free() for i in range(3)}
+    paths = {name: Path(f"/bin/{name}") for name in run.BINARIES}
+    run.services(paths, tmp_path, ports)
+    run.scrape_collectors(
+        tmp_path / "prometheus.yml", ports, (own.metrics for own in gateways.values())
+    )
+    agent = run.agent_service(paths, ports, gateways)
+    gateway = run.gateway_service(paths, tmp_path, ports, "gateway-2", gateways["gateway-2"])
+
+    pool = yaml.safe_load(agent.env["OTELCOL_GATEWAYS"])
+    assert pool == [f"127.0.0.1:{own.otlp_grpc}" for own in gateways.values()]
+    assert agent.env["OTELCOL_OTLP_HTTP_PORT"] == str(ports.otlp_http)
+    assert gateway.env["OTELCOL_GATEWAY_ID"] == "gateway-2"
+    assert gateway.env["OTELCOL_QUEUE_DIR"] == str(tmp_path / "gateway-2" / "queue")
+    assert gateway.argv[-1] == f"--config={COLLECTOR / 'gateway.yaml'}"
+    prometheus = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "otelcol")
+    assert job["static_configs"][0]["targets"] == [
+        f"127.0.0.1:{ports.collector_metrics}",
+        *(f"127.0.0.1:{own.metrics}" for own in gateways.values()),
+    ]
