@@ -300,6 +300,21 @@ def counter_total(metrics_url: str, name: str, *having: str) -> float:
     )
 
 
+def run_delay_seconds(pid: int) -> float:
+    """How long the threads of ``pid`` have waited, runnable, for a CPU (/proc schedstat).
+
+    On a shared machine this is the time other processes had the CPU a pinned collector was
+    on: what keeps it from using its whole core.
+    """
+    waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            waited += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # the thread ended meanwhile
+            continue
+    return waited / 1e9
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time ``pid`` has used so far (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
