@@ -543,6 +543,10 @@ TOPOLOGIES = ("single", "scaled")
 DEFAULT_GATEWAYS = 3
 # The issue's sampling rate for the pool: errors and slow traces whole, 10 % of the rest.
 SCALED_TAIL_SAMPLING_PERCENT = "10"
+# A port found free can be taken before the gateway binds it (other programs, outgoing
+# connections): the gateway then exits with this error and is started again on other ports.
+PORT_TAKEN = "address already in use"
+PORT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -556,15 +560,22 @@ class GatewayPorts:
     pprof: int
 
     @classmethod
-    def free(cls) -> GatewayPorts:
-        """Ports the kernel reports free right now, all different."""
+    def free(cls, avoid: Iterable[int] = ()) -> GatewayPorts:
+        """Ports the kernel reports free right now, all different and none of ``avoid``.
+
+        ``avoid``: the ports already chosen for the rest of the stack, released but not bound yet.
+        """
+        taken = set(avoid)
         with contextlib.ExitStack() as stack:
-            socks = []
-            for _ in fields(cls):
+            chosen: list[int] = []
+            while len(chosen) < len(fields(cls)):
                 sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                 sock.bind((HOST, 0))
-                socks.append(sock)
-            return cls(*(sock.getsockname()[1] for sock in socks))
+                port = int(sock.getsockname()[1])
+                if port not in taken:
+                    chosen.append(port)
+                    taken.add(port)
+            return cls(*chosen)
 
 
 def gateway_name(index: int) -> str:
@@ -658,7 +669,9 @@ class ScaledStack(LocalStack):
         super().__init__(**kwargs)
         if gateways < 1:
             raise StackError(f"a scaled stack needs at least one gateway, got {gateways}")
-        self.gateway_ports = {gateway_name(i): GatewayPorts.free() for i in range(gateways)}
+        self.gateway_ports: dict[str, GatewayPorts] = {}
+        for index in range(gateways):
+            self.gateway_ports[gateway_name(index)] = GatewayPorts.free(self._ports_in_use())
         self.gateway_env = dict(gateway_env or {})
         self.agent_env = dict(agent_env or {})
 
@@ -672,25 +685,58 @@ class ScaledStack(LocalStack):
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         planned = services(paths, self.data_dir, self.ports)
         backends = [service for service in planned if service.name != "otelcol"]
+        self._services = {service.name: service for service in backends}
+        for service in backends:
+            self._spawn(service)
+        for service in backends:
+            self._wait_ready(service)
+        for name in self.gateway_ports:
+            self._start_gateway(paths, name)
+        self._scrape_gateways()
+        agent = agent_service(paths, self.ports, self.gateway_ports, self.agent_env)
+        self._services[agent.name] = agent
+        self._spawn(agent)
+        self._wait_ready(agent)
+        self._write_state()
+
+    def _start_gateway(self, paths: Mapping[str, Path], name: str) -> None:
+        """Start one gateway; on a port taken since it was chosen, again on fresh ports."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            service = gateway_service(
+                paths,
+                self.data_dir,
+                self.ports,
+                name,
+                self.gateway_ports[name],
+                gateway_env=self.gateway_env,
+            )
+            self._services[name] = service
+            self._spawn(service)
+            try:
+                self._wait_ready(service)
+            except StackError as error:
+                if PORT_TAKEN not in str(error) or attempt == PORT_ATTEMPTS:
+                    raise
+                self._processes.pop(name)
+                self.gateway_ports[name] = GatewayPorts.free(avoid=self._ports_in_use())
+                self._say(f"{name:<12} port taken meanwhile; again on other ports")
+            else:
+                return
+
+    def _ports_in_use(self) -> set[int]:
+        taken = {int(port) for port in asdict(self.ports).values()}
+        for own in self.gateway_ports.values():
+            taken.update(int(port) for port in asdict(own).values())
+        return taken
+
+    def _scrape_gateways(self) -> None:
+        """Add the gateways to Prometheus' ``otelcol`` job and have it reload (SIGHUP)."""
         scrape_collectors(
             self.data_dir / "prometheus.yml",
             self.ports,
             (own.metrics for own in self.gateway_ports.values()),
         )
-        gateways = [
-            gateway_service(
-                paths, self.data_dir, self.ports, name, own, gateway_env=self.gateway_env
-            )
-            for name, own in self.gateway_ports.items()
-        ]
-        agent = agent_service(paths, self.ports, self.gateway_ports, self.agent_env)
-        self._services = {service.name: service for service in [*backends, *gateways, agent]}
-        for group in (backends, gateways, [agent]):
-            for service in group:
-                self._spawn(service)
-            for service in group:
-                self._wait_ready(service)
-        self._write_state()
+        os.kill(self._processes["prometheus"].pid, signal.SIGHUP)
 
 
 def new_stack(topology: str, data_dir: Path | None, gateways: int = DEFAULT_GATEWAYS) -> LocalStack:

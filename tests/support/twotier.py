@@ -70,15 +70,22 @@ GATEWAY_KILL_S = 10.0  # issue I: one gateway down for 10 s under steady load
 
 
 @contextlib.contextmanager
-def scaled_stack(data_dir: Path, gateways: int = 3, **gateway_env: str) -> Iterator[Any]:
+def scaled_stack(
+    data_dir: Path,
+    gateways: int = 3,
+    agent_env: dict[str, str] | None = None,
+    **gateway_env: str,
+) -> Iterator[Any]:
     """stack/run.py's ``ScaledStack`` on free loopback ports: backends, ``gateways`` gateways
-    and the agent; ``gateway_env`` on top of every gateway's variables. Stopped on leaving."""
+    and the agent; ``gateway_env`` on top of every gateway's variables, ``agent_env`` on the
+    agent's. Stopped on leaving."""
     require_toolchain()
     module = load_stack_module()
     env = {"TAIL_SAMPLING_DECISION_WAIT": DECISION_WAIT, **gateway_env}
     with module.ScaledStack(
         gateways=gateways,
         gateway_env=env,
+        agent_env=agent_env,
         ports=module.Ports.free(),
         data_dir=data_dir,
         quiet=True,
