@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
 SA20 := .cache/sqlalchemy-2.0
+# make stack TOPOLOGY=scaled: an agent routing by trace id onto three gateway collectors.
+TOPOLOGY ?= single
 
-.PHONY: install dist demo test lint typecheck unit integration bench-tools test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci clean
+.PHONY: install dist demo test lint typecheck unit integration bench-tools test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci scale scale-ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +31,7 @@ demo: $(STAMP)
 test: lint typecheck unit integration test-sqlalchemy-2.0
 
 # Everything we own is linted and format-checked.
-LINTED := src tests examples stack bench
+LINTED := src tests examples stack bench deploy
 # The load generator the benchmark smoke uses; installed here, never by a test.
 WRK_VERSION := 4.1.0
 
@@ -44,11 +46,11 @@ typecheck: $(STAMP)
 
 ## make unit: the tests that start no server (seconds to a minute).
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not integration and not e2e and not stack and not faults"
+	$(VENV)/bin/pytest -q -m "not integration and not e2e and not stack and not faults and not scale"
 
 ## make integration: the tests that start real servers in subprocesses (and the bench smoke).
 integration: $(STAMP) bench-tools
-	$(VENV)/bin/pytest -q -m "integration and not e2e and not stack and not faults"
+	$(VENV)/bin/pytest -q -m "integration and not e2e and not stack and not faults and not scale"
 
 bench-tools:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
@@ -66,7 +68,7 @@ test-sqlalchemy-2.0: $(STAMP) $(SA20)/.installed
 ## make stack: build (cached under ~/.cache/otel-dist-stack) and start the Docker-free stack.
 stack: $(STAMP)
 	$(PY) stack/build.py
-	$(PY) stack/run.py start
+	$(PY) stack/run.py start --topology $(TOPOLOGY)
 
 stack-stop:
 	$(PY) stack/run.py stop
@@ -96,5 +98,16 @@ faults-ci: $(STAMP)
 	$(PY) stack/build.py
 	OTEL_DIST_FAULTS=ci $(VENV)/bin/pytest -q -s -m faults
 
+## make scale: agent + gateway collectors under load and failure, full scale -> README "Scaling"
+scale: $(STAMP)
+	$(PY) stack/build.py
+	rm -f .scale/results.jsonl
+	OTEL_DIST_SCALE=full $(VENV)/bin/pytest -q -s -m scale
+
+## make scale-ci: the same suite at a short scale (20 s of load, 10 s capacity windows); CI runs it
+scale-ci: $(STAMP)
+	$(PY) stack/build.py
+	OTEL_DIST_SCALE=ci $(VENV)/bin/pytest -q -s -m scale
+
 clean:
-	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf $(VENV) .cache .bench .scale .pytest_cache .mypy_cache .ruff_cache dist

@@ -18,6 +18,7 @@ is written to the data directory.
 Usage::
 
     python stack/run.py start [--data-dir DIR] [--foreground]
+    python stack/run.py start --topology scaled [--gateways 3]   # an agent routing onto gateways
     python stack/run.py status
     python stack/run.py stop
 
@@ -54,11 +55,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType, TracebackType
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "stack" / "build.py"
@@ -714,6 +716,230 @@ def _owned_by_state(pid: int, argv0: str) -> bool:
     return argv0 in (part.decode(errors="replace") for part in cmdline[:2])
 
 
+# --- scaled topology: one agent, a pool of gateways ---------------------------------------------
+# `start --topology scaled`: the apps send to an agent (collector/agent.yaml) on the usual OTLP
+# ports, which routes by trace id onto GATEWAYS gateways (config.yaml + gateway.yaml), each
+# exporting to the same backends. Kept apart from the single-collector stack above: it reuses
+# its backends and its process handling, and only plans different collectors.
+AGENT_CONFIG = REPO / "collector" / "agent.yaml"
+GATEWAY_OVERLAY = REPO / "collector" / "gateway.yaml"
+TOPOLOGIES = ("single", "scaled")
+DEFAULT_GATEWAYS = 3
+# The issue's sampling rate for the pool: errors and slow traces whole, 10 % of the rest.
+SCALED_TAIL_SAMPLING_PERCENT = "10"
+# A port found free can be taken before the gateway binds it (other programs, outgoing
+# connections): the gateway then exits with this error and is started again on other ports.
+PORT_TAKEN = "address already in use"
+PORT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class GatewayPorts:
+    """The loopback ports of one gateway; the agent reaches it on ``otlp_grpc``."""
+
+    otlp_grpc: int
+    otlp_http: int
+    health: int
+    metrics: int
+    pprof: int
+
+    @classmethod
+    def free(cls, avoid: Iterable[int] = ()) -> GatewayPorts:
+        """Ports the kernel reports free right now, all different and none of ``avoid``.
+
+        ``avoid``: the ports already chosen for the rest of the stack, released but not bound yet.
+        """
+        taken = set(avoid)
+        with contextlib.ExitStack() as stack:
+            chosen: list[int] = []
+            while len(chosen) < len(fields(cls)):
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((HOST, 0))
+                port = int(sock.getsockname()[1])
+                if port not in taken:
+                    chosen.append(port)
+                    taken.add(port)
+            return cls(*chosen)
+
+
+def gateway_name(index: int) -> str:
+    """``gateway-1`` ... : the process name in state.json and the ``otel_dist.gateway`` value."""
+    return f"gateway-{index + 1}"
+
+
+def gateway_service(
+    paths: Mapping[str, Path],
+    data_dir: Path,
+    ports: Ports,
+    name: str,
+    own: GatewayPorts,
+    *,
+    gateway_env: Mapping[str, str] | None = None,
+) -> Service:
+    """One gateway: the stack's collector variables, its own ports, queue directory and name."""
+    env = {
+        **collector_env_for(ports, data_dir),
+        "OTELCOL_OTLP_GRPC_PORT": str(own.otlp_grpc),
+        "OTELCOL_OTLP_HTTP_PORT": str(own.otlp_http),
+        "OTELCOL_HEALTH_PORT": str(own.health),
+        "OTELCOL_METRICS_PORT": str(own.metrics),
+        "OTELCOL_PPROF_ENDPOINT": f"{HOST}:{own.pprof}",
+        "OTELCOL_QUEUE_DIR": str(data_dir / name / "queue"),
+        "OTELCOL_GATEWAY_ID": name,
+        "TAIL_SAMPLING_PERCENT": SCALED_TAIL_SAMPLING_PERCENT,
+        **(gateway_env or {}),
+    }
+    return Service(
+        name,
+        (str(paths["otelcol"]), f"--config={COLLECTOR_CONFIG}", f"--config={GATEWAY_OVERLAY}"),
+        env,
+        f"http://{HOST}:{own.health}/",
+    )
+
+
+def agent_service(
+    paths: Mapping[str, Path],
+    ports: Ports,
+    gateways: Mapping[str, GatewayPorts],
+    agent_env: Mapping[str, str] | None = None,
+) -> Service:
+    """The agent on the stack's own collector ports, routing onto ``gateways``."""
+    pool = ", ".join(f"{HOST}:{own.otlp_grpc}" for own in gateways.values())
+    env = {
+        "OTELCOL_LISTEN_HOST": HOST,
+        "OTELCOL_OTLP_GRPC_PORT": str(ports.otlp_grpc),
+        "OTELCOL_OTLP_HTTP_PORT": str(ports.otlp_http),
+        "OTELCOL_HEALTH_PORT": str(ports.collector_health),
+        "OTELCOL_METRICS_PORT": str(ports.collector_metrics),
+        "OTELCOL_PPROF_ENDPOINT": f"{HOST}:{ports.collector_pprof}",
+        "OTELCOL_GATEWAYS": f"[{pool}]",
+        "OTELCOL_HOST_NAME": socket.gethostname(),
+        "PROMETHEUS_OTLP_ENDPOINT": f"http://{HOST}:{ports.prometheus}/api/v1/otlp",
+        **(agent_env or {}),
+    }
+    return Service(
+        "agent",
+        (str(paths["otelcol"]), f"--config={AGENT_CONFIG}"),
+        env,
+        f"http://{HOST}:{ports.collector_health}/",
+    )
+
+
+def scrape_collectors(prometheus_config: Path, ports: Ports, gateways: Iterable[int]) -> None:
+    """Point the rendered Prometheus config's ``otelcol`` job at the agent and every gateway."""
+    agent = f'"{HOST}:{ports.collector_metrics}"'
+    source = prometheus_config.read_text()
+    if agent not in source:
+        raise StackError(f"rendered prometheus.yml has no collector target {agent}")
+    targets = ", ".join([agent, *(f'"{HOST}:{port}"' for port in gateways)])
+    prometheus_config.write_text(source.replace(agent, targets, 1))
+
+
+class ScaledStack(LocalStack):
+    """The local stack with an agent and ``gateways`` gateways in place of the one collector.
+
+    Same backends, same ports for the apps (the agent takes the collector's), same ``with``
+    and ``restart(name)``; the gateways are named ``gateway-1`` ... ``gateway-N``.
+    ``gateway_env`` adds or overrides every gateway's variables, ``agent_env`` the agent's.
+    """
+
+    def __init__(
+        self,
+        gateways: int = DEFAULT_GATEWAYS,
+        gateway_env: Mapping[str, str] | None = None,
+        agent_env: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if gateways < 1:
+            raise StackError(f"a scaled stack needs at least one gateway, got {gateways}")
+        self.gateway_ports: dict[str, GatewayPorts] = {}
+        for index in range(gateways):
+            self.gateway_ports[gateway_name(index)] = GatewayPorts.free(self._ports_in_use())
+        self.gateway_env = dict(gateway_env or {})
+        self.agent_env = dict(agent_env or {})
+
+    def gateway_metrics_url(self, name: str) -> str:
+        """One gateway's own Prometheus metrics."""
+        return f"http://{HOST}:{self.gateway_ports[name].metrics}/metrics"
+
+    def start(self) -> None:
+        """Backends first, then the gateways, then the agent; raise if one is not ready."""
+        paths = binary_paths()
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        planned = services(paths, self.data_dir, self.ports)
+        backends = [service for service in planned if service.name != "otelcol"]
+        self._services = {service.name: service for service in backends}
+        for service in backends:
+            self._spawn(service)
+        for service in backends:
+            self._wait_ready(service)
+        for name in self.gateway_ports:
+            self._start_gateway(paths, name)
+        self._scrape_gateways()
+        agent = agent_service(paths, self.ports, self.gateway_ports, self.agent_env)
+        self._services[agent.name] = agent
+        self._spawn(agent)
+        self._wait_ready(agent)
+        self._write_state()
+
+    def _start_gateway(self, paths: Mapping[str, Path], name: str) -> None:
+        """Start one gateway; on a port taken since it was chosen, again on fresh ports."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            service = gateway_service(
+                paths,
+                self.data_dir,
+                self.ports,
+                name,
+                self.gateway_ports[name],
+                gateway_env=self.gateway_env,
+            )
+            self._services[name] = service
+            self._spawn(service)
+            try:
+                self._wait_ready(service)
+            except StackError as error:
+                if PORT_TAKEN not in str(error) or attempt == PORT_ATTEMPTS:
+                    raise
+                self._processes.pop(name)
+                self.gateway_ports[name] = GatewayPorts.free(avoid=self._ports_in_use())
+                self._say(f"{name:<12} port taken meanwhile; again on other ports")
+            else:
+                return
+
+    def _ports_in_use(self) -> set[int]:
+        taken = {int(port) for port in asdict(self.ports).values()}
+        for own in self.gateway_ports.values():
+            taken.update(int(port) for port in asdict(own).values())
+        return taken
+
+    def _scrape_gateways(self) -> None:
+        """Add the gateways to Prometheus' ``otelcol`` job and have it reload (SIGHUP)."""
+        scrape_collectors(
+            self.data_dir / "prometheus.yml",
+            self.ports,
+            (own.metrics for own in self.gateway_ports.values()),
+        )
+        os.kill(self._processes["prometheus"].pid, signal.SIGHUP)
+
+
+def new_stack(topology: str, data_dir: Path | None, gateways: int = DEFAULT_GATEWAYS) -> LocalStack:
+    """The stack ``start`` runs: the single collector, or the agent and its gateways."""
+    if topology == "scaled":
+        return ScaledStack(gateways=gateways, data_dir=data_dir)
+    return LocalStack(data_dir=data_dir)
+
+
+def describe_gateways(stack: LocalStack) -> str:
+    """Lines for ``start``'s summary: each gateway's OTLP and metrics address."""
+    if not isinstance(stack, ScaledStack):
+        return ""
+    return "".join(
+        f"  {name:<12} grpc {HOST}:{own.otlp_grpc}  {stack.gateway_metrics_url(name)}\n"
+        for name, own in stack.gateway_ports.items()
+    )
+
+
 # --- command line ------------------------------------------------------------------------------
 def _load_state(data_dir: Path | None) -> tuple[Path, dict[str, object]]:
     directory = data_dir or (CURRENT.resolve() if CURRENT.exists() else None)
@@ -730,7 +956,7 @@ def _processes(state: Mapping[str, object]) -> Iterator[tuple[str, int, str]]:
 
 
 def _cmd_start(args: argparse.Namespace) -> int:
-    stack = LocalStack(data_dir=args.data_dir)
+    stack = new_stack(args.topology, args.data_dir, args.gateways)
     try:
         stack.start()
     except BaseException:
@@ -747,6 +973,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
         f"  VictoriaLogs {stack.victorialogs_url}  (logs, LogsQL)\n"
         f"  collector    {stack.collector_metrics_url}\n"
         f"{_postgres_summary(stack)}"
+        f"{describe_gateways(stack)}"
         f"stop with: python stack/run.py stop"
     )
     if not args.foreground:
@@ -830,6 +1057,15 @@ def main(argv: list[str] | None = None) -> int:
     start = commands.add_parser("start", help="build if needed, start and wait until ready")
     start.add_argument("--data-dir", type=Path, help="default: ~/.cache/otel-dist-stack/run/<ts>")
     start.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops")
+    start.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="single",
+        help="single: one collector; scaled: an agent routing by trace id onto gateways",
+    )
+    start.add_argument(
+        "--gateways", type=int, default=DEFAULT_GATEWAYS, help="gateways of --topology scaled"
+    )
     for name, help_text in (("status", "show each process"), ("stop", "SIGTERM, then SIGKILL")):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--data-dir", type=Path, help="default: the last started stack")

@@ -4,7 +4,8 @@ Run it zero-code: ``opentelemetry-instrument uvicorn examples.shop.service:app``
 ``main.py`` for the same service set up with ``otel_dist.configure()``.
 
 Items CRUD over SQLAlchemy (SQLite file by default, ``DATABASE_URL`` for Postgres), a slow query,
-an endpoint that fails, an outgoing HTTP call, structlog logging and health endpoints.
+an endpoint that fails, an outgoing HTTP call, a checkout that asks the stock service
+(examples/stock, ``STOCK_URL``), structlog logging and health endpoints.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ ASYNC_DATABASE_URL = os.environ.get(
     ),
 )
 UPSTREAM_URL = os.environ.get("UPSTREAM_URL", "")
+# The stock service (examples/stock) that /checkout asks.
+STOCK_URL = os.environ.get("STOCK_URL", "http://127.0.0.1:8001")
 
 
 def _configure_logging() -> None:
@@ -212,7 +215,22 @@ def create_app() -> FastAPI:
             "traceparent_sent": response.request.headers.get("traceparent"),
         }
 
+    _add_checkout(app)
     return app
+
+
+def _add_checkout(app: FastAPI) -> None:
+    @app.get("/checkout/{item_id}")
+    async def checkout(item_id: int, fail: bool = Query(False)) -> dict[str, Any]:
+        # One trace over two services: this request, the HTTP call and the stock service's
+        # own request. With fail=true the stock service fails, and so does this request.
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(
+                f"{STOCK_URL}/stock/{item_id}", params={"fail": "true"} if fail else None
+            )
+        response.raise_for_status()
+        log.info("checkout done", item_id=item_id)
+        return {"item_id": item_id, "stock": response.json()}
 
 
 app = create_app()

@@ -1,0 +1,1 @@
+"""The stock service: a second, tiny service the shop calls, so traces cross processes."""
