@@ -2,7 +2,7 @@
 
 Runs ``python -m bench.run --quick`` (every setup, one short round: the stock venv, the load tool,
 the sink, uvicorn, the in-process loop) and checks that the JSON it writes has every setup with
-sane numbers. The first run creates ``.bench/venv-stock`` and may install wrk or hey.
+sane numbers. The first run creates ``.bench/venv-stock-3.X`` and may install wrk or hey.
 """
 
 from __future__ import annotations
