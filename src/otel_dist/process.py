@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -52,12 +53,92 @@ _GRACEFUL_STOP = (signal.SIGTERM, signal.SIGINT)
 _QUICK_STOP = tuple(s for s in (getattr(signal, "SIGQUIT", None),) if s is not None)
 
 
+class _ExitWorker:
+    """A daemon thread started before the interpreter exits, to run exit work on.
+
+    Python 3.12 and later refuse to start a thread once the interpreter is finalizing, and
+    atexit hooks run then; a thread started earlier goes on running. So each process that
+    installs exit hooks starts this one beforehand (a forked child, which has none of its
+    parent's threads, gets its own), and ``run_bounded`` hands it the work when a new thread is
+    refused. It waits on a queue and costs nothing until then.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._fork_hook_registered = False
+
+    def start(self) -> None:
+        """Start the thread if this process has none yet (idempotent)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(target=self._serve, name="otel-dist-exit", daemon=True)
+            self._thread.start()
+            if not self._fork_hook_registered and hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=self._start_in_child)
+                self._fork_hook_registered = True
+
+    def submit(self, work: Callable[[], Any]) -> threading.Event | None:
+        """Queue ``work``; the event is set when it ends. None if the thread is not running."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                return None
+            done = threading.Event()
+            self._jobs.put((work, done))
+            return done
+
+    def _serve(self) -> None:
+        while True:
+            work, done = self._jobs.get()
+            try:
+                work()
+            except Exception:
+                _log.exception("otel-dist: exit work failed")
+            finally:
+                done.set()
+
+    def _start_in_child(self) -> None:
+        # The parent's thread, queue and lock (possibly held at the fork) are not the child's.
+        self._jobs = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread = None
+        self.start()
+
+
+_exit_worker = _ExitWorker()
+
+
+def _on_new_thread(work: Callable[[], Any], what: str) -> threading.Event | None:
+    done = threading.Event()
+
+    def run_then_signal() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    try:
+        threading.Thread(target=run_then_signal, name=f"otel-dist-{what}", daemon=True).start()
+    except RuntimeError:  # the interpreter is finalizing (3.12+): no new thread may start
+        return None
+    return done
+
+
 def run_bounded(work: Callable[[], Any], timeout_s: float, what: str) -> bool:
-    """Run ``work`` on a daemon thread; give up waiting after ``timeout_s``. True if it ended."""
-    thread = threading.Thread(target=work, name=f"otel-dist-{what}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
+    """Run ``work`` on a daemon thread; give up waiting after ``timeout_s``. True if it ended.
+
+    At interpreter exit, where Python 3.12+ starts no new thread, the work goes to the exit
+    worker started by ``ExitHooks.install``; without one it runs here, unbounded.
+    """
+    done = _on_new_thread(work, what) or _exit_worker.submit(work)
+    if done is None:
+        work()
+        return True
+    if not done.wait(timeout_s):
         _log.warning(
             "otel-dist: %s did not finish within %.1f s (collector unreachable?); "
             "unsent telemetry is dropped so the process can exit",
@@ -87,6 +168,7 @@ class ExitHooks:
 
     def install(self) -> None:
         """Register the atexit hook and, in the main thread, a SIGTERM handler if none exists."""
+        _exit_worker.start()
         atexit.register(self.shutdown_once)
         if threading.current_thread() is threading.main_thread():
             self._handle_sigterm_if_nobody_does()
