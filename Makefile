@@ -40,7 +40,8 @@ test: lint typecheck unit test-sqlalchemy-2.0
 
 ## make test-pythons: the unit + integration tests on 3.12 and 3.13, each in its own venv.
 test-pythons:
-	for version in $(EXTRA_PY_VERSIONS); do $(MAKE) unit PY_VERSION=$$version || exit 1; done
+	status=0; for version in $(EXTRA_PY_VERSIONS); do \
+	  $(MAKE) unit PY_VERSION=$$version || status=1; done; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples stack bench
