@@ -165,9 +165,18 @@ def pid_app_env(endpoint: str, **extra: str) -> dict[str, str]:
     }
 
 
+# uvicorn's supervisor kills a worker that does not answer its ping within 5 s of starting, and
+# a spawned worker answers only once its interpreter has started: under the launcher that
+# includes setting OpenTelemetry up (about 1 s of CPU), which on a machine at load 14 takes
+# longer. The workers were then killed and respawned without end.
+WORKER_HEALTHCHECK_S = "60"
+
+
 def uvicorn_argv(app: str, port: int, *options: str, zero_code: bool = True) -> list[str]:
     """``uvicorn APP`` on 127.0.0.1:port, under ``opentelemetry-instrument`` when zero-code."""
     argv = [venv_bin("uvicorn"), app, *options, "--host", "127.0.0.1", "--port", str(port)]
+    if "--workers" in options:
+        argv += ["--timeout-worker-healthcheck", WORKER_HEALTHCHECK_S]
     return [venv_bin("opentelemetry-instrument"), *argv] if zero_code else argv
 
 
