@@ -8,8 +8,9 @@ records and the metric series it was counted in; then a summary of all metrics, 
 
 Then the shop serves again until Ctrl-C (or for ``DEMO_SECONDS`` seconds when that is set; 0
 skips this part), and the requests sent to it are shown the same way when it stops. The shop's
-own output goes to ``.demo/shop.log`` (``DEMO_DIR`` to choose another directory). No Docker, no
-collector, no network.
+own output goes to ``.demo/shop.log`` (``DEMO_DIR`` to choose another directory), and it listens
+on port 8000 (``DEMO_PORT`` to choose another), or any free port if that one is taken. No Docker,
+no collector, loopback only.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     seconds_setting = os.environ.get("DEMO_SECONDS")
     seconds = float(seconds_setting) if seconds_setting else None
-    app_port = free_port(8000)
+    app_port = free_port(int(os.environ.get("DEMO_PORT", "8000")))
     sink = start_sink(4318)
     try:
         print(

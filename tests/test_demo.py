@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import REPO_ROOT
+from support.servers import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,8 @@ class StepBlock:
 
 def run_demo(workdir: Path) -> str:
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
-    env |= {"DEMO_SECONDS": "0", "DEMO_DIR": str(workdir)}
+    # A port of its own: the demo's default, 8000, may be another test's at the same moment.
+    env |= {"DEMO_SECONDS": "0", "DEMO_DIR": str(workdir), "DEMO_PORT": str(free_port())}
     result = subprocess.run(
         [sys.executable, "-m", "examples.demo"],
         cwd=REPO_ROOT,
