@@ -1,14 +1,24 @@
 # Entry points shared by users and CI. Every target installs what it needs into .venv itself.
 PYTHON ?= python3
 VENV := .venv
+# Supported Pythons: 3.11 (the default venv), 3.12 and 3.13. `make unit PY_VERSION=3.12` runs a
+# target in its own venv (.venv-3.12) made with that interpreter, found under pyenv or on PATH.
+PY_VERSION ?=
+EXTRA_PY_VERSIONS := 3.12 3.13
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo "$$HOME/.pyenv")
+python_for = $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)))),python$(1))
+ifneq ($(PY_VERSION),)
+VENV := .venv-$(PY_VERSION)
+PYTHON := $(call python_for,$(PY_VERSION))
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
-SA20 := .cache/sqlalchemy-2.0
+SA20 := .cache/sqlalchemy-2.0$(if $(PY_VERSION),-py$(PY_VERSION))
 # make stack TOPOLOGY=scaled: an agent routing by trace id onto three gateway collectors.
 TOPOLOGY ?= single
 
-.PHONY: install dist demo test lint typecheck unit integration bench-tools test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci scale scale-ci clean
+.PHONY: install dist demo test test-pythons lint typecheck unit integration bench-tools test-sqlalchemy-2.0 e2e stack stack-stop bench bench-quick faults faults-ci scale scale-ci clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +44,11 @@ test: lint typecheck unit integration test-sqlalchemy-2.0
 LINTED := src tests examples stack bench deploy
 # The load generator the benchmark smoke uses; installed here, never by a test.
 WRK_VERSION := 4.1.0
+
+## make test-pythons: the unit + integration tests on 3.12 and 3.13, each in its own venv.
+test-pythons:
+	status=0; for version in $(EXTRA_PY_VERSIONS); do \
+	  $(MAKE) unit integration PY_VERSION=$$version || status=1; done; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
@@ -110,4 +125,4 @@ scale-ci: $(STAMP)
 	OTEL_DIST_SCALE=ci $(VENV)/bin/pytest -q -s -m scale
 
 clean:
-	rm -rf $(VENV) .cache .bench .scale .pytest_cache .mypy_cache .ruff_cache dist
+	rm -rf .venv $(addprefix .venv-,$(EXTRA_PY_VERSIONS)) .cache .bench .scale .pytest_cache .mypy_cache .ruff_cache dist

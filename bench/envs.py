@@ -1,4 +1,4 @@
-"""The stock setup's own virtualenv, ``.bench/venv-stock``, pinned to the versions we run.
+"""The stock setup's own virtualenv, ``.bench/venv-stock-3.X``, pinned to the versions we run.
 
 The app's libraries are pinned to the versions installed in the running (main) venv, so both
 sides serve the same code; the OpenTelemetry packages to the SDK and contrib releases otel_dist
@@ -15,7 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
-STOCK_VENV = BENCH_DIR / "venv-stock"
+# One per Python version: the stock venv is made with the interpreter running the benchmark, and
+# the suites of several Pythons may run at once in one checkout.
+STOCK_VENV = BENCH_DIR / f"venv-stock-{sys.version_info[0]}.{sys.version_info[1]}"
 
 # The app runtime: same versions on both sides (uvloop/httptools only if the main venv has them).
 APP_PACKAGES = (
@@ -67,7 +69,7 @@ def venv_python(path: Path) -> Path:
 
 
 def ensure_stock_venv(*, quiet: bool = True) -> Path:
-    """Create or update ``.bench/venv-stock``; returns its ``bin`` directory."""
+    """Create or update ``.bench/venv-stock-3.X``; returns its ``bin`` directory."""
     pins = stock_requirements()
     stamp = STOCK_VENV / "bench-requirements.txt"
     wanted = "\n".join(pins) + "\n"

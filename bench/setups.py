@@ -2,7 +2,7 @@
 
 * ``none``: the app alone (project venv);
 * ``stock``: ``opentelemetry-instrument`` with ``opentelemetry-distro`` and the contrib FastAPI,
-  SQLAlchemy and logging instrumentations (``.bench/venv-stock``);
+  SQLAlchemy and logging instrumentations (``.bench/venv-stock-3.X``);
 * ``dist-instrument``: otel_dist under ``opentelemetry-instrument`` (project venv);
 * ``dist-configure``: otel_dist through ``configure(app=..., engine=...)`` in ``bench.serve``.
 

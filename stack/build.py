@@ -44,7 +44,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -564,7 +564,7 @@ def write_build_info(component: Component, seconds: float) -> None:
         "source": component.source,
         "build_seconds": f"{seconds:.1f}",
         "go_version": go_version,
-        "built_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "built_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "binaries": ",".join(str(component.binary(name)) for name in component.binaries),
     }
     text = "".join(f"{key}={value}\n" for key, value in lines.items())

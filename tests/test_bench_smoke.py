@@ -2,7 +2,7 @@
 
 Runs ``python -m bench.run --quick`` (every setup, one short round: the stock venv, the load tool,
 the sink, uvicorn, the in-process loop) and checks that the JSON it writes has every setup with
-sane numbers. The first run creates ``.bench/venv-stock``. The load tool is the pinned wrk that
+sane numbers. The first run creates ``.bench/venv-stock-3.X``. The load tool is the pinned wrk that
 ``make bench-tools`` installs before the tests (``make integration`` does): the test itself never
 installs one (``--no-install``).
 """

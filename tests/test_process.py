@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -82,3 +84,48 @@ def test_flush_and_shutdown_share_one_budget_and_one_line(
         "otel-dist: shutdown did not finish within 0.5 s (collector unreachable?); unsent "
         "telemetry is dropped so the process can exit"
     ]
+
+
+EXIT_SCRIPT = """
+import logging, sys, threading, time
+from otel_dist.process import ExitHooks
+
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+collector_hangs = threading.Event()
+
+def shutdown():
+    print("shutdown started", flush=True)
+    if sys.argv[1] == "hang":
+        collector_hangs.wait()
+    print("shutdown ended", flush=True)
+
+ExitHooks(shutdown, lambda: None, 1.0).install()
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("collector", ["up", "hang"])
+def test_the_exit_hook_runs_its_bounded_shutdown_at_interpreter_exit(collector: str):
+    # Python 3.12+ refuses to start a thread in atexit hooks: the shutdown must still run there,
+    # and still give up after its budget.
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, collector],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    if collector == "up":
+        assert done.stdout.splitlines() == ["exiting", "shutdown started", "shutdown ended"]
+        assert done.stderr == ""
+    else:
+        assert done.stdout.splitlines() == ["exiting", "shutdown started"]
+        assert done.stderr.splitlines() == [
+            "otel-dist: shutdown did not finish within 1.0 s (collector unreachable?); unsent "
+            "telemetry is dropped so the process can exit"
+        ]
+        assert elapsed < 30  # the budget, not the hanging collector, ended the process

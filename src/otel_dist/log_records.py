@@ -133,6 +133,18 @@ class _OtlpLogHandler(LoggingHandler):
         except Exception:
             self.handleError(record)
 
+    def flush(self) -> None:
+        """Flush as the contrib handler does; at interpreter exit, leave it to the exit hook.
+
+        ``logging.shutdown()`` flushes every handler at exit, and the contrib handler flushes on
+        a new thread, which Python 3.12+ refuses to start then. otel-dist's exit hook, which
+        runs before logging's, has already flushed and shut the logger provider down.
+        """
+        try:
+            super().flush()
+        except RuntimeError:  # "can't create new thread at interpreter shutdown"
+            return
+
     def _get_attributes(self, record: logging.LogRecord) -> tuple[dict[str, AnyValue], str | None]:
         attributes: dict[str, AnyValue]
         # The record factory already formatted and scrubbed the traceback: reuse it rather than

@@ -42,6 +42,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import MetricReader
 
+from otel_dist.bounded import exit_worker, run_bounded
 from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 
@@ -53,22 +54,6 @@ _CHAIN_MARK = "_otel_dist_chained"
 _GRACEFUL_STOP = (signal.SIGTERM, signal.SIGINT)
 # gunicorn's "stop now" to its workers (not on Windows).
 _QUICK_STOP = tuple(s for s in (getattr(signal, "SIGQUIT", None),) if s is not None)
-
-
-def run_bounded(work: Callable[[], Any], timeout_s: float, what: str) -> bool:
-    """Run ``work`` on a daemon thread; give up waiting after ``timeout_s``. True if it ended."""
-    thread = threading.Thread(target=work, name=f"otel-dist-{what}", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        _log.warning(
-            "otel-dist: %s did not finish within %.1f s (collector unreachable?); "
-            "unsent telemetry is dropped so the process can exit",
-            what,
-            timeout_s,
-        )
-        return False
-    return True
 
 
 class ExitHooks:
@@ -90,6 +75,7 @@ class ExitHooks:
 
     def install(self) -> None:
         """Register the atexit hook and, in the main thread, a SIGTERM handler if none exists."""
+        exit_worker.start()
         atexit.register(self.shutdown_once)
         if threading.current_thread() is threading.main_thread():
             self._handle_sigterm_if_nobody_does()

@@ -19,6 +19,7 @@ from opentelemetry import _logs, metrics, propagate, trace
 from opentelemetry.propagators.composite import CompositePropagator
 
 from otel_dist import logs as log_correlation
+from otel_dist.bounded import run_bounded
 from otel_dist.fastapi.incoming_context import (
     LinkUntrustedCaller,
     OneTraceparentOnly,
@@ -30,7 +31,7 @@ from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.internal_log import internal_logger, make_visible
 from otel_dist.log_format import use_configured_format
 from otel_dist.plan import SDK_DISABLED, make_plan
-from otel_dist.process import ExitHooks, refresh_identity_after_fork, run_bounded
+from otel_dist.process import ExitHooks, refresh_identity_after_fork
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk.export_health import fold_sdk_export_messages
 from otel_dist.sdk.providers import Providers, build_providers

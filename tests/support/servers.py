@@ -106,6 +106,12 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
+# How long a server may take to answer its first request: a spawned worker under the launcher
+# needs about 2 s of CPU before it serves, which took over 20 s with the stack's Go build and
+# other suites sharing the 2 cores (uvicorn --workers 2 under 3.13 at load 14).
+READY_TIMEOUT_S = 60
+
+
 def start_server(
     argv: list[str],
     *,
@@ -113,7 +119,7 @@ def start_server(
     port: int,
     cwd: str | Path | None = None,
     ready_path: str | None = "/healthz",
-    ready_timeout: float = 20,
+    ready_timeout: float = READY_TIMEOUT_S,
     output_dir: str | Path | None = None,
 ) -> ServerProcess:
     """Run ``argv`` (which must listen on 127.0.0.1:``port``) and wait until it answers.
@@ -165,9 +171,18 @@ def pid_app_env(endpoint: str, **extra: str) -> dict[str, str]:
     }
 
 
+# uvicorn's supervisor kills a worker that does not answer its ping within 5 s of starting, and
+# a spawned worker answers only once its interpreter has started: under the launcher that
+# includes setting OpenTelemetry up (about 1 s of CPU), which on a machine at load 14 takes
+# longer. The workers were then killed and respawned without end.
+WORKER_HEALTHCHECK_S = "60"
+
+
 def uvicorn_argv(app: str, port: int, *options: str, zero_code: bool = True) -> list[str]:
     """``uvicorn APP`` on 127.0.0.1:port, under ``opentelemetry-instrument`` when zero-code."""
     argv = [venv_bin("uvicorn"), app, *options, "--host", "127.0.0.1", "--port", str(port)]
+    if "--workers" in options:
+        argv += ["--timeout-worker-healthcheck", WORKER_HEALTHCHECK_S]
     return [venv_bin("opentelemetry-instrument"), *argv] if zero_code else argv
 
 
