@@ -17,6 +17,14 @@ from typing import Any
 
 ENDPOINT_LABELS = {"ping": "/ping", "items": "/items/{id}", "404": "404", "500": "500"}
 OURS = ("dist-configure", "dist-instrument")
+PRODUCTION = "dist-configure-10pct"
+# Each telemetry setup is priced against the hand-wired floor at its own sampling.
+FLOOR_OF = {
+    "stock": "floor",
+    "dist-configure": "floor",
+    "dist-instrument": "floor",
+    "dist-configure-10pct": "floor-10pct",
+}
 RESULTS_MARKERS = ("<!-- bench:results:start -->", "<!-- bench:results:end -->")
 PROFILE_MARKERS = ("<!-- bench:profile:start -->", "<!-- bench:profile:end -->")
 
@@ -109,6 +117,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         for name in OURS:
             if name in relative:
                 relative[name]["stock_over_ours_added_cpu.ping"] = _stock_factor(setups, name)
+    for name, floor in FLOOR_OF.items():
+        if name in relative and floor in setups:
+            for endpoint in ENDPOINT_LABELS:
+                factor = _over_floor(setups, name, floor, endpoint)
+                if factor is not None:
+                    relative[name][f"added_cpu_over_floor.{endpoint}"] = factor
     summary: dict[str, Any] = {
         "setups": per_setup,
         "relative": relative,
@@ -147,6 +161,19 @@ def _stock_factor(setups: dict[str, Any], name: str) -> Stats | None:
         n, s, o = none.get(round_["round"]), stock.get(round_["round"]), _get(round_, path)
         if n is not None and s is not None and o is not None and o > n:
             values.append((s - n) / (o - n))
+    return _stats(values)
+
+
+def _over_floor(setups: dict[str, Any], name: str, floor: str, endpoint: str) -> Stats | None:
+    """Per round: (ours - none) / (floor - none) added in-process CPU on ``endpoint``."""
+    path = f"inproc.{endpoint}.cpu_us"
+    none = {r["round"]: _get(r, path) for r in setups["none"]["rounds"]}
+    floors = {r["round"]: _get(r, path) for r in setups[floor]["rounds"]}
+    values = []
+    for round_ in setups[name]["rounds"]:
+        n, f, o = none.get(round_["round"]), floors.get(round_["round"]), _get(round_, path)
+        if n is not None and f is not None and o is not None and f > n:
+            values.append((o - n) / (f - n))
     return _stats(values)
 
 
@@ -224,6 +251,22 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 at_least=True,
                 unit="x",
             ),
+            _target(
+                "added CPU on /ping ≤ 0.6x the floor's",
+                setup,
+                rel.get("added_cpu_over_floor.ping"),
+                0.6,
+                at_least=False,
+                unit="x",
+            ),
+            _target(
+                "added CPU on /items ≤ 0.6x the floor's",
+                setup,
+                rel.get("added_cpu_over_floor.items"),
+                0.6,
+                at_least=False,
+                unit="x",
+            ),
             _target("RSS ≤ +20 MB", setup, rel.get("rss_delta_mb"), 20, at_least=False, unit="MB"),
             _target(
                 "startup (first 200) ≤ +300 ms",
@@ -242,6 +285,19 @@ def _targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 unit="ms",
             ),
         ]
+    production = summary["relative"].get(PRODUCTION)
+    if production is not None:
+        for endpoint, limit in (("ping", 0.80), ("items", 0.92)):
+            rows.append(
+                _target(
+                    f"{ENDPOINT_LABELS[endpoint]} throughput at 10% sampling ≥ {limit:.2f}x",
+                    PRODUCTION,
+                    production.get(f"rps_ratio.{endpoint}"),
+                    limit,
+                    at_least=True,
+                    unit="x",
+                )
+            )
     for endpoint, entry in summary["collector_down"].items():
         rows.append(
             _target(
@@ -315,6 +371,11 @@ def _table(summary: dict[str, Any], names: list[str], labels: dict[str, str]) ->
                 for n in names
             ],
         )
+        if any(rel.get(n, {}).get(f"added_cpu_over_floor.{e}") for n in names):
+            row(
+                f"added CPU / floor's added, {ENDPOINT_LABELS[e]} (in-process)",
+                [_cell(rel.get(n, {}).get(f"added_cpu_over_floor.{e}"), 2, "x") for n in names],
+            )
         if e == "ping":
             row(
                 "of which on the event-loop thread, /ping (added)",
@@ -400,18 +461,19 @@ def results_markdown(results: dict[str, Any]) -> str:
             )
     targets = summary["targets"]
     if targets:
+        columns = list(dict.fromkeys(row["setup"] for row in targets))
         lines += [
             "",
             "Targets:",
             "",
-            "| target | " + " | ".join(OURS) + " |",
-            "|---|---|---|",
+            "| target | " + " | ".join(columns) + " |",
+            "|---|" + "---|" * len(columns),
         ]
         by_target: dict[str, dict[str, str]] = {}
         for row in targets:
             by_target.setdefault(row["target"], {})[row["setup"]] = _verdict(row)
         for target, cells in by_target.items():
-            lines.append(f"| {target} | " + " | ".join(cells.get(s, "—") for s in OURS) + " |")
+            lines.append(f"| {target} | " + " | ".join(cells.get(s, "—") for s in columns) + " |")
     if meta["errors"]:
         lines += ["", "Errors in this run:", ""] + [
             f"- {e.splitlines()[0]}" for e in meta["errors"]

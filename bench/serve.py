@@ -1,7 +1,8 @@
-"""What every setup serves: ``bench.app``, plus ``configure()`` when ``BENCH_TELEMETRY=configure``.
+"""What every setup serves: ``bench.app``, plus in-process telemetry chosen by ``BENCH_TELEMETRY``.
 
-The only telemetry code in the benchmark. Without the variable the app is served as is: with no
-telemetry, or instrumented from outside by ``opentelemetry-instrument``.
+``configure``: ``otel_dist.configure()``; ``floor``: the same signals wired by hand on the bare SDK
+(``bench.floor``). Without the variable the app is served as is: with no telemetry, or
+instrumented from outside by ``opentelemetry-instrument``.
 """
 
 from __future__ import annotations
@@ -15,5 +16,9 @@ if os.environ.get("BENCH_TELEMETRY") == "configure":
     from otel_dist import configure
 
     telemetry = configure(app=app, engine=engine)
+elif os.environ.get("BENCH_TELEMETRY") == "floor":
+    from bench.floor import install
+
+    install(app, engine)
 
 __all__ = ["app", "engine", "telemetry"]

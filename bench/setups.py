@@ -4,11 +4,15 @@
 * ``stock``: ``opentelemetry-instrument`` with ``opentelemetry-distro`` and the contrib FastAPI,
   SQLAlchemy and logging instrumentations (``.bench/venv-stock-3.X``);
 * ``dist-instrument``: otel_dist under ``opentelemetry-instrument`` (project venv);
-* ``dist-configure``: otel_dist through ``configure(app=..., engine=...)`` in ``bench.serve``.
+* ``dist-configure``: otel_dist through ``configure(app=..., engine=...)`` in ``bench.serve``;
+* ``floor``: the same signals wired by hand on the bare SDK (``bench.floor``): the reference
+  otel_dist is priced against;
+* ``dist-configure-10pct`` and ``floor-10pct``: the production profile, the same two at
+  ``parentbased_traceidratio`` 0.1 with metrics and logs on.
 
-All telemetry setups export traces, metrics and logs over OTLP/HTTP (protobuf) to the same sink
-with 100% sampling. Every other ``OTEL_*`` variable is removed from the environment, so each
-setup runs with its own defaults otherwise.
+All telemetry setups export traces, metrics and logs over OTLP/HTTP (protobuf) to the same sink,
+with 100% sampling unless their name ends in ``-10pct``. Every other ``OTEL_*`` variable is
+removed from the environment, so each setup runs with its own defaults otherwise.
 """
 
 from __future__ import annotations
@@ -17,12 +21,34 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SETUP_NAMES = ("none", "stock", "dist-instrument", "dist-configure")
+SETUP_NAMES = (
+    "none",
+    "stock",
+    "floor",
+    "dist-instrument",
+    "dist-configure",
+    "floor-10pct",
+    "dist-configure-10pct",
+)
 LABELS = {
     "none": "no telemetry",
     "stock": "stock (opentelemetry-instrument + opentelemetry-distro)",
+    "floor": "floor (bare SDK, hand-wired)",
     "dist-instrument": "otel_dist (opentelemetry-instrument)",
     "dist-configure": "otel_dist (configure())",
+    "floor-10pct": "floor at 10% sampling",
+    "dist-configure-10pct": "otel_dist (configure()) at 10% sampling",
+}
+# In-process telemetry: which ``BENCH_TELEMETRY`` value ``bench.serve`` acts on.
+IN_PROCESS = {
+    "floor": "floor",
+    "dist-configure": "configure",
+    "floor-10pct": "floor",
+    "dist-configure-10pct": "configure",
+}
+PRODUCTION_SAMPLER = {
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.1",
 }
 APP = "bench.serve:app"
 
@@ -104,6 +130,8 @@ def make_setup(name: str, *, root: Path, main_bin: Path, stock_bin: Path, endpoi
     if name == "dist-instrument":
         # Only otel_dist is installed in the project venv; naming it makes the choice explicit.
         env |= {"OTEL_PYTHON_DISTRO": "otel_dist", "OTEL_PYTHON_CONFIGURATOR": "otel_dist"}
-    if name == "dist-configure":
-        env["BENCH_TELEMETRY"] = "configure"
+    if name in IN_PROCESS:
+        env["BENCH_TELEMETRY"] = IN_PROCESS[name]
+    if name.endswith("-10pct"):
+        env |= PRODUCTION_SAMPLER
     return Setup(name, bin_dir, name in {"stock", "dist-instrument"}, env)

@@ -19,7 +19,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # The wrk that make bench-tools installs (Makefile WRK_VERSION).
 WRK_VERSION = "4.1.0"
-SETUPS = ("none", "stock", "dist-instrument", "dist-configure")
+SETUPS = (
+    "none",
+    "stock",
+    "floor",
+    "dist-instrument",
+    "dist-configure",
+    "floor-10pct",
+    "dist-configure-10pct",
+)
 TELEMETRY_SETUPS = SETUPS[1:]
 
 pytestmark = pytest.mark.integration
@@ -70,6 +78,17 @@ def test_quick_bench_numbers_are_sane(quick_results: dict) -> None:
         assert 10 < measured["rss_mb"] < 2_000
         assert 0 < measured["startup_ms"] < 60_000
         assert 0 < measured["import_ms"] < 60_000
+
+
+def test_quick_bench_prices_otel_dist_against_the_floor(quick_results: dict) -> None:
+    relative = quick_results["summary"]["relative"]
+    for name in ("dist-configure", "dist-instrument", "dist-configure-10pct"):
+        for endpoint in ("ping", "items"):
+            factor = relative[name][f"added_cpu_over_floor.{endpoint}"]
+            assert 0 < factor["median"] < 100, (name, endpoint, factor)
+    targets = {(row["target"], row["setup"]) for row in quick_results["summary"]["targets"]}
+    assert ("added CPU on /ping ≤ 0.6x the floor's", "dist-configure") in targets
+    assert ("/ping throughput at 10% sampling ≥ 0.80x", "dist-configure-10pct") in targets
 
 
 def test_quick_bench_telemetry_reaches_the_sink_only_from_telemetry_setups(
