@@ -111,13 +111,20 @@ def _otlp_exporter(
             raise grpc_exporter_missing(signal) from None
         raise
     if otlp.protocol == "grpc":
-        compression = _grpc_compression(otlp)
-    else:
-        from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+        return exporter_class(
+            **_otlp_kwargs(otlp),
+            compression=_grpc_compression(otlp),
+            meter_provider=meter_provider,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
 
-        compression = Compression(otlp.compression)
+    from otel_dist.sdk.http_session import session_for  # noqa: PLC0415 (requests: HTTP only)
+
     return exporter_class(
-        **_otlp_kwargs(otlp), compression=compression, meter_provider=meter_provider
+        **_otlp_kwargs(otlp),
+        compression=Compression(otlp.compression),
+        meter_provider=meter_provider,
+        session=session_for(signal),
     )
 
 

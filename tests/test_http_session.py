@@ -1,0 +1,94 @@
+"""An OTLP/HTTP exporter never shares its keep-alive connection with a forked child.
+
+A master that exported before forking (zero-code gunicorn, ``--preload``) hands its workers a
+copy of its open connection. Writing on one connection from two processes lets each read the
+other's response: one of them waits out the exporter's timeout and sends its batch again. The
+exporter otel-dist builds must open a connection of its own in the child, and leave the parent's
+working.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from otel_dist.sdk.exporters import _otlp_exporter
+from otel_dist.sdk.http_session import ForkSafeSession, session_for
+from otel_dist.settings import load_settings
+
+
+class _Recording(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a collector answers
+    peers: list[int] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).peers.append(self.client_address[1])
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[int]]]:
+    _Recording.peers = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Recording.peers
+    server.shutdown()
+    server.server_close()
+
+
+def _export_one_span(exporter: SpanExporter, name: str) -> SpanExportResult:
+    results: list[SpanExportResult] = []
+
+    class Recorder(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            results.append(exporter.export(spans))
+            return results[-1]
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Recorder()))
+    provider.get_tracer("test").start_span(name).end()
+    return results[0]
+
+
+def test_a_forked_child_exports_on_its_own_connection(receiver: tuple[str, list[int]]) -> None:
+    endpoint, peers = receiver
+    settings = load_settings({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    exporter = _otlp_exporter(settings, "traces")
+    assert _export_one_span(exporter, "before the fork") is SpanExportResult.SUCCESS
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: export once, report the result through the pipe, leave at once
+        result = _export_one_span(exporter, "in the child")
+        os.write(write_end, b"ok" if result is SpanExportResult.SUCCESS else b"failed")
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as child_said:
+        assert child_said.read() == b"ok"
+    os.waitpid(pid, 0)
+    assert _export_one_span(exporter, "parent after the fork") is SpanExportResult.SUCCESS
+    parent_port, child_port, parent_again = peers
+    assert child_port != parent_port  # the child did not write on the parent's connection
+    assert parent_again == parent_port  # and the parent's connection still works
+
+
+def test_a_credential_provider_keeps_its_own_session() -> None:
+    assert isinstance(session_for("traces", {}), ForkSafeSession)
+    variable = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER"
+    assert session_for("logs", {variable: "mine"}) is None
+    per_signal = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER"
+    assert session_for("metrics", {per_signal: "mine"}) is None
+    assert isinstance(session_for("traces", {per_signal: "mine"}), ForkSafeSession)
