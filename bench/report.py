@@ -153,27 +153,27 @@ def _machine(results: dict[str, Any]) -> dict[str, Stats | None]:
 
 def _stock_factor(setups: dict[str, Any], name: str) -> Stats | None:
     """Per round: (stock - none) / (ours - none) added CPU on /ping."""
-    path = "inproc.ping.cpu_us"
-    none = {r["round"]: _get(r, path) for r in setups["none"]["rounds"]}
-    stock = {r["round"]: _get(r, path) for r in setups["stock"]["rounds"]}
-    values = []
-    for round_ in setups[name]["rounds"]:
-        n, s, o = none.get(round_["round"]), stock.get(round_["round"]), _get(round_, path)
-        if n is not None and s is not None and o is not None and o > n:
-            values.append((s - n) / (o - n))
-    return _stats(values)
+    return _added_ratio(setups, "stock", name, "ping")
 
 
 def _over_floor(setups: dict[str, Any], name: str, floor: str, endpoint: str) -> Stats | None:
     """Per round: (ours - none) / (floor - none) added in-process CPU on ``endpoint``."""
+    return _added_ratio(setups, name, floor, endpoint)
+
+
+def _added_ratio(setups: dict[str, Any], top: str, bottom: str, endpoint: str) -> Stats | None:
+    """Per round: ``top``'s added in-process CPU over ``bottom``'s (both against ``none``)."""
     path = f"inproc.{endpoint}.cpu_us"
-    none = {r["round"]: _get(r, path) for r in setups["none"]["rounds"]}
-    floors = {r["round"]: _get(r, path) for r in setups[floor]["rounds"]}
+
+    def by_round(name: str) -> dict[int, float | None]:
+        return {r["round"]: _get(r, path) for r in setups[name]["rounds"]}
+
+    none, tops, bottoms = by_round("none"), by_round(top), by_round(bottom)
     values = []
-    for round_ in setups[name]["rounds"]:
-        n, f, o = none.get(round_["round"]), floors.get(round_["round"]), _get(round_, path)
-        if n is not None and f is not None and o is not None and f > n:
-            values.append((o - n) / (f - n))
+    for round_, t in tops.items():
+        n, b = none.get(round_), bottoms.get(round_)
+        if n is not None and b is not None and t is not None and b > n:
+            values.append((t - n) / (b - n))
     return _stats(values)
 
 

@@ -7,10 +7,8 @@ under CI=true that is a failure, since ``.ci/run`` installs them first.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from support.servers import REPO_ROOT, free_port
+from support.scripts import load_script
+from support.servers import free_port
 from support.stack import IN_CI
 
 APP_ROLE = "health_app"
@@ -29,14 +28,7 @@ MONITOR_ROLE = "health_monitor"
 
 def load_postgres_module() -> ModuleType:
     """stack/postgres.py as a module (it is a script, not a package)."""
-    path = REPO_ROOT / "stack" / "postgres.py"
-    spec = importlib.util.spec_from_file_location("otel_dist_stack_postgres", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("stack/postgres.py", "otel_dist_stack_postgres")
 
 
 @dataclass

@@ -8,12 +8,10 @@ Prometheus, VictoriaLogs (LogsQL) and Jaeger v2 what a user (or Grafana's dataso
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from support.scripts import load_script
 from support.servers import REPO_ROOT, ServerProcess, free_port, start_server, venv_bin
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -32,14 +31,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 
 def load_stack_module() -> ModuleType:
     """stack/run.py as a module (it is a script, not a package): ``LocalStack``, ``Ports``."""
-    path = REPO_ROOT / "stack" / "run.py"
-    spec = importlib.util.spec_from_file_location("otel_dist_stack_run", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("stack/run.py", "otel_dist_stack_run")
 
 
 def require_toolchain() -> None:
