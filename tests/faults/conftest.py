@@ -7,16 +7,15 @@ shorter outages and fewer requests, which still fail on any loss, leak or 5xx.
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from support.figures import Figures, append_line, figures_recorder
 from support.servers import REPO_ROOT
 from support.stack import Backends, local_stack
 
@@ -89,7 +88,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Record each fault test's outcome next to its figures, so the table says pass or fail."""
     report = yield
     if call.when == "call" and Path(__file__).parent in item.path.parents:
-        _append({"test": item.nodeid, "outcome": report.outcome})
+        append_line(_results_path(), {"test": item.nodeid, "outcome": report.outcome})
     return report
 
 
@@ -106,9 +105,6 @@ def _results_path() -> Path:
     return Path(os.environ.get(RESULTS_VARIABLE, str(DEFAULT_RESULTS)))
 
 
-Figures = Callable[..., None]
-
-
 @pytest.fixture
 def figures(request: pytest.FixtureRequest, scale: Scale) -> Figures:
     """Report this test's figures: printed (``pytest -s`` shows them) and appended to the results.
@@ -117,27 +113,7 @@ def figures(request: pytest.FixtureRequest, scale: Scale) -> Figures:
     ``figures("collector down 60 s", requests=3000, failed=0, p99_ratio=1.03)``. Record figures
     *before* asserting on them, so a failing run still reports what it measured.
     """
-
-    def record(check: str, **values: Any) -> None:
-        line = {
-            "test": request.node.nodeid,
-            "check": check,
-            "scale": scale.name,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "figures": values,
-        }
-        shown = ", ".join(f"{key}={value}" for key, value in values.items())
-        print(f"\nFIGURES [{scale.name}] {check}: {shown}")
-        _append(line)
-
-    return record
-
-
-def _append(line: dict[str, Any]) -> None:
-    path = _results_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        out.write(json.dumps(line, sort_keys=True) + "\n")
+    return figures_recorder(request.node.nodeid, scale.name, _results_path)
 
 
 @pytest.fixture

@@ -8,15 +8,12 @@ the shop and the stock service it calls over httpx.
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from support.figures import Figures, figures_recorder
 from support.servers import REPO_ROOT
 from support.twotier import SCALES, Scale
 
@@ -42,27 +39,12 @@ def scale() -> Scale:
     return SCALES[name]
 
 
-Figures = Callable[..., None]
-
-
 @pytest.fixture
 def figures(request: pytest.FixtureRequest, scale: Scale) -> Figures:
     """Report this test's figures: printed (``pytest -s`` shows them) and appended as JSON lines
     to .scale/results.jsonl. Recorded before the asserts, so a failing run still reports."""
+    return figures_recorder(request.node.nodeid, scale.name, _results_path)
 
-    def record(check: str, **values: Any) -> None:
-        line = {
-            "test": request.node.nodeid,
-            "check": check,
-            "scale": scale.name,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "figures": values,
-        }
-        shown = ", ".join(f"{key}={value}" for key, value in values.items())
-        print(f"\nFIGURES [{scale.name}] {check}: {shown}")
-        path = Path(os.environ.get(RESULTS_VARIABLE, str(DEFAULT_RESULTS)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(line, sort_keys=True) + "\n")
 
-    return record
+def _results_path() -> Path:
+    return Path(os.environ.get(RESULTS_VARIABLE, str(DEFAULT_RESULTS)))
