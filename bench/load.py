@@ -1,7 +1,7 @@
 """The HTTP load generator: wrk (preferred) or hey, installed on first use, and its output parsed.
 
 wrk comes from the system package manager (``apt-get install wrk``, needs root or password-less
-sudo); hey from the Go module proxy (``go install github.com/rakyll/hey@latest`` into
+sudo); hey from the Go module proxy (``go install github.com/rakyll/hey@v0.1.5`` into
 ``~/.cache/otel-dist-bench/bin``, needs Go). ``auto`` takes wrk when it is or can be installed,
 else hey. Both run one thread with a fixed number of keep-alive connections for a fixed time.
 """
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-HEY_MODULE = "github.com/rakyll/hey@latest"
+HEY_MODULE = "github.com/rakyll/hey@v0.1.5"
 HEY_BIN_DIR = Path.home() / ".cache" / "otel-dist-bench" / "bin"
 
 
