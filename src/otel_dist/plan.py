@@ -24,6 +24,7 @@ DISABLED = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 # it), so problems are listed in the order setup meets them.
 _BUILD_ORDER: tuple[Signal, ...] = ("metrics", "traces", "logs")
 SDK_DISABLED = "OTEL_SDK_DISABLED=true"
+NOT_EXPORTED = "spans are not exported"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,13 @@ class Plan:
     def exports_signal(self, signal: Signal) -> bool:
         """True when ``signal`` will leave the process."""
         return self.exports[signal].runs
+
+    def native_fallback(self) -> str | None:
+        """What to say when native span export was asked for (``on``) and cannot be used."""
+        native = self.native_spans
+        if self.settings.native_export != "on" or native.runs or native.why == NOT_EXPORTED:
+            return None
+        return f"OTEL_DIST_NATIVE_EXPORT=on, but {native.why}; spans are exported by the SDK"
 
     def turns_signal_off(self, problem: str) -> bool:
         """True when ``problem`` is why a signal is not exported (else a default stands in)."""
@@ -93,17 +101,13 @@ def decide_native_export(settings: Settings, traces_exported: bool) -> Decision:
     if settings.native_export == "off":
         return Decision(False, "OTEL_DIST_NATIVE_EXPORT=off")
     if not traces_exported:
-        return Decision(False, "spans are not exported")
+        return Decision(False, NOT_EXPORTED)
     if settings.traces_exporter != "otlp":
         return Decision(
             False, f"the traces exporter is {settings.traces_exporter}: fastotel sends OTLP only"
         )
     if settings.otlp["traces"].protocol != "http/protobuf":
-        return Decision(
-            False,
-            "traces go over OTLP/gRPC, which fastotel does not send (only OTLP/HTTP): the SDK's "
-            "gRPC exporter sends them",
-        )
+        return Decision(False, "traces go over OTLP/gRPC and fastotel sends OTLP/HTTP only")
     unavailable = native_unavailable()
     if unavailable is not None:
         return Decision(False, unavailable)
