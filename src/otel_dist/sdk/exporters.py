@@ -225,6 +225,8 @@ class SpanExport(_Wrapping, SpanExporter):
 
 def scrubbed_span(scrubber: Scrubber, span: ReadableSpan) -> ReadableSpan:
     """``span`` itself when no attribute of it or its events is secret; else a scrubbed copy."""
+    if not scrubber.enabled:
+        return span
     attributes = scrubber.attributes(span.attributes)
     events = [_scrubbed_event(scrubber, event) for event in span.events]
     if attributes is None and all(new is old for new, old in zip(events, span.events, strict=True)):
