@@ -118,9 +118,12 @@ class NativeLosses:
         self._handed_at_trouble = 0
 
     def restart(self) -> None:
-        """A new fastotel processor (forked child): its counters start from zero."""
-        with self._lock:
-            self._seen = _Counts()
+        """In a forked child: a new fastotel processor, whose counters start from zero.
+
+        The lock is new too: the parent's poller may have held it at the fork.
+        """
+        self._lock = threading.Lock()
+        self._seen = _Counts()
 
     def poll(self, processor: Any, now: float) -> None:
         """Read the counters and report what changed since the last poll."""
@@ -204,6 +207,7 @@ class NativeSpanExport(SpanProcessor):
         _count_as_metrics(self.losses, meter_provider)
         self._stop = threading.Event()
         self._poller = self._start_poller()
+        self._inherited: list[Any] = []
         CHANGES.at_fork(("native span export", id(self)), self._renew_in_child)
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -248,13 +252,14 @@ class NativeSpanExport(SpanProcessor):
         """In a forked child: a fastotel processor of its own, else the SDK's (said once)."""
         # The parent's processor stays referenced: its native half expects a thread that is
         # not in this process, and is never called again.
-        self._inherited = self._inner
+        self._inherited.append(self._inner)
         self._stop = threading.Event()
+        self.losses.restart()
         try:
             self._inner = _native_processor(self._settings)
         except Exception as exc:
             self.native = False
-            self._inner = self._sdk_fallback()
+            self._inner = self._sdk_fallback_or_nothing()
             _log.warning(
                 "otel-dist: native span export could not start in forked process %d (%s: %s); "
                 "its spans are exported by the SDK",
@@ -263,5 +268,14 @@ class NativeSpanExport(SpanProcessor):
                 exc,
             )
             return
-        self.losses.restart()
         self._poller = self._start_poller()
+
+    def _sdk_fallback_or_nothing(self) -> SpanProcessor:
+        try:
+            return self._sdk_fallback()
+        except Exception:  # pragma: no cover - the SDK's processor failing too: say it loudly
+            _log.exception(
+                "otel-dist: no span exporter could start in forked process %d: its spans are lost",
+                os.getpid(),
+            )
+            return SpanProcessor()
