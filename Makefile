@@ -15,6 +15,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # SQLAlchemy 2.0 is tested beside the 2.1 in the venv by overlaying it on PYTHONPATH.
 SA20 := .cache/sqlalchemy-2.0$(if $(PY_VERSION),-py$(PY_VERSION))
+# make faults-ci NATIVE=off: the span export path of every app the fault suite starts (auto, on or
+# off: OTEL_DIST_NATIVE_EXPORT); unset, each app's own setting (default auto).
+NATIVE ?=
+NATIVE_ENV := $(if $(NATIVE),OTEL_DIST_NATIVE_EXPORT=$(NATIVE))
 # make stack TOPOLOGY=scaled: an agent routing by trace id onto three gateway collectors.
 TOPOLOGY ?= single
 
@@ -105,13 +109,14 @@ bench-quick: $(STAMP)
 faults: $(STAMP)
 	$(PY) stack/build.py
 	rm -f .faults/results.jsonl
-	OTEL_DIST_FAULTS=full $(VENV)/bin/pytest -q -s -m faults; status=$$?; \
+	$(NATIVE_ENV) OTEL_DIST_FAULTS=full $(VENV)/bin/pytest -q -s -m faults; status=$$?; \
 	  $(PY) tests/faults/readme.py .faults/results.jsonl README.md && exit $$status
 
-## make faults-ci: the same suite shortened (10 s outages, fewer requests); CI runs it
+## make faults-ci: the same suite shortened (10 s outages, fewer requests); CI runs it with the
+## native span export on and off (NATIVE=on / NATIVE=off)
 faults-ci: $(STAMP)
 	$(PY) stack/build.py
-	OTEL_DIST_FAULTS=ci $(VENV)/bin/pytest -q -s -m faults
+	$(NATIVE_ENV) OTEL_DIST_FAULTS=ci $(VENV)/bin/pytest -q -s -m faults
 
 ## make scale: agent + gateway collectors under load and failure, full scale -> README "Scaling"
 scale: $(STAMP)

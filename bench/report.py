@@ -24,6 +24,8 @@ FLOOR_OF = {
     "dist-configure": "floor",
     "dist-instrument": "floor",
     "dist-configure-10pct": "floor-10pct",
+    "dist-configure-native": "floor",
+    "dist-configure-native-10pct": "floor-10pct",
 }
 RESULTS_MARKERS = ("<!-- bench:results:start -->", "<!-- bench:results:end -->")
 PROFILE_MARKERS = ("<!-- bench:profile:start -->", "<!-- bench:profile:end -->")

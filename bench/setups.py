@@ -8,7 +8,10 @@
 * ``floor``: the same signals wired by hand on the bare SDK (``bench.floor``): the reference
   otel_dist is priced against;
 * ``dist-configure-10pct`` and ``floor-10pct``: the production profile, the same two at
-  ``parentbased_traceidratio`` 0.1 with metrics and logs on.
+  ``parentbased_traceidratio`` 0.1 with metrics and logs on;
+* ``dist-configure-native`` and ``dist-configure-native-10pct``: ``dist-configure`` and its
+  production profile with spans exported by fastotel (the ``[native]`` extra), off the GIL.
+  The other otel_dist setups run with ``OTEL_DIST_NATIVE_EXPORT=off``: the SDK's exporter.
 
 All telemetry setups export traces, metrics and logs over OTLP/HTTP (protobuf) to the same sink,
 with 100% sampling unless their name ends in ``-10pct``. Every other ``OTEL_*`` variable is
@@ -29,6 +32,8 @@ SETUP_NAMES = (
     "dist-configure",
     "floor-10pct",
     "dist-configure-10pct",
+    "dist-configure-native",
+    "dist-configure-native-10pct",
 )
 LABELS = {
     "none": "no telemetry",
@@ -38,6 +43,8 @@ LABELS = {
     "dist-configure": "otel_dist (configure())",
     "floor-10pct": "floor at 10% sampling",
     "dist-configure-10pct": "otel_dist (configure()) at 10% sampling",
+    "dist-configure-native": "otel_dist (configure()), native span export",
+    "dist-configure-native-10pct": "otel_dist (configure()), native span export, at 10% sampling",
 }
 # In-process telemetry: which ``BENCH_TELEMETRY`` value ``bench.serve`` acts on.
 IN_PROCESS = {
@@ -45,6 +52,8 @@ IN_PROCESS = {
     "dist-configure": "configure",
     "floor-10pct": "floor",
     "dist-configure-10pct": "configure",
+    "dist-configure-native": "configure",
+    "dist-configure-native-10pct": "configure",
 }
 PRODUCTION_SAMPLER = {
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
@@ -134,4 +143,6 @@ def make_setup(name: str, *, root: Path, main_bin: Path, stock_bin: Path, endpoi
         env["BENCH_TELEMETRY"] = IN_PROCESS[name]
     if name.endswith("-10pct"):
         env |= PRODUCTION_SAMPLER
+    if name.startswith("dist-"):
+        env["OTEL_DIST_NATIVE_EXPORT"] = "on" if "-native" in name else "off"
     return Setup(name, bin_dir, name in {"stock", "dist-instrument"}, env)

@@ -27,8 +27,17 @@ SETUPS = (
     "dist-configure",
     "floor-10pct",
     "dist-configure-10pct",
+    "dist-configure-native",
+    "dist-configure-native-10pct",
 )
 TELEMETRY_SETUPS = SETUPS[1:]
+FLOOR_PRICED = (
+    "dist-configure",
+    "dist-instrument",
+    "dist-configure-10pct",
+    "dist-configure-native",
+    "dist-configure-native-10pct",
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +91,7 @@ def test_quick_bench_numbers_are_sane(quick_results: dict) -> None:
 
 def test_quick_bench_prices_otel_dist_against_the_floor(quick_results: dict) -> None:
     relative = quick_results["summary"]["relative"]
-    for name in ("dist-configure", "dist-instrument", "dist-configure-10pct"):
+    for name in FLOOR_PRICED:
         for endpoint in ("ping", "items"):
             factor = relative[name][f"added_cpu_over_floor.{endpoint}"]
             assert 0 < factor["median"] < 100, (name, endpoint, factor)

@@ -31,6 +31,7 @@ ALL_EXPORTERS_NONE = {
     "OTEL_LOGS_EXPORTER": "none",
 }
 OFF = " (telemetry for that setting's signal is off)"
+SPAN_EXPORT_THREADS = {"OtelBatchSpanRecordProcessor", "otel-dist-native"}
 
 
 def grpc_missing(signal: str) -> str:
@@ -174,8 +175,9 @@ def test_ids_and_propagation_whatever_the_export_settings(
         threads = httpx.get(f"{server.base_url}/threads", timeout=10).json()
         lines = otel_dist_lines(server)
     assert lines == expected_lines
-    # Nothing exported, no export work: no span queue and no export thread.
-    assert ("OtelBatchSpanRecordProcessor" in threads) is exported, threads
+    # Nothing exported, no export work: no span queue and no export thread (the SDK's, or the
+    # loss poller beside fastotel's native one, which Python does not list).
+    assert bool(SPAN_EXPORT_THREADS & set(threads)) is exported, threads
     if exported:  # the fallback sampler samples what the caller sampled
         assert sink.wait_for(
             lambda s: any(x.trace_id == trace_id and x.kind == "SERVER" for x in s.spans()),

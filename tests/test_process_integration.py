@@ -64,6 +64,12 @@ WORKER_SERVERS: dict[str, tuple[Callable[[int], list[str]], dict[str, str]]] = {
         {"PID_APP_MODE": "configure"},
     ),
     "gunicorn -w 2, zero-code": (lambda port: gunicorn_argv(APP, port, zero_code=True), {}),
+    # The master's exporter thread runs before the fork (fastotel's, when native, sends nothing
+    # from a child: each worker must get one of its own).
+    "gunicorn -w 2 --preload, a span exported in the master before fork": (
+        lambda port: gunicorn_argv(APP, port, "--preload"),
+        {"PID_APP_MODE": "configure", "PID_APP_SPAN_BEFORE_FORK": "1"},
+    ),
 }
 
 

@@ -170,6 +170,7 @@ CASES: dict[str, tuple[Any, str, str, Callable[[Settings], Any], Any]] = {
         _attr("trust_incoming_context"),
         False,
     ),
+    "native_export": ("off", "OTEL_DIST_NATIVE_EXPORT", "on", _attr("native_export"), "off"),
 }
 OTLP_VALUES = {
     "endpoint": ("http://kw:4318", "http://env:4318"),

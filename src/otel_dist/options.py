@@ -34,6 +34,7 @@ HttpInstrumentation = Literal["auto", "native", "contrib"]
 ErrorFormat = Literal["detail", "problem"]
 ErrorBodyIds = Literal["unhandled", "all", "none"]
 LogFormat = Literal["auto", "json", "console"]
+NativeExport = Literal["auto", "on", "off"]
 SPAN_EXPORTERS: tuple[str, ...] = get_args(SpanExporterName)
 METRIC_EXPORTERS: tuple[str, ...] = get_args(MetricExporterName)
 LOG_EXPORTERS: tuple[str, ...] = get_args(LogExporterName)
@@ -49,6 +50,7 @@ HTTP_INSTRUMENTATIONS: tuple[str, ...] = get_args(HttpInstrumentation)
 ERROR_FORMATS: tuple[str, ...] = get_args(ErrorFormat)
 ERROR_BODY_IDS: tuple[str, ...] = get_args(ErrorBodyIds)
 LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
+NATIVE_EXPORTS: tuple[str, ...] = get_args(NativeExport)
 DEFAULT_EXCLUDED_URLS = (
     r"^/health(?:/live|/ready)?/?$",  # otel_dist.health's routes too
     r"^/healthz/?$",
@@ -381,6 +383,14 @@ OPTIONS: tuple[Option, ...] = (
         _bool,
         doc="Continue the caller's trace from `traceparent` and keep its `baggage`. `false` "
         "(for a public edge) starts a new trace linked to the caller's and drops its baggage.",
+    ),
+    _opt(
+        "native_export",
+        "OTEL_DIST_NATIVE_EXPORT",
+        _choice(NATIVE_EXPORTS),
+        doc="Span export off the GIL through fastotel (`pip install 'otel-dist[native]'`, "
+        "pre-alpha; traces over OTLP/HTTP only): `auto` uses it when installed, `on` also says "
+        "once why when it cannot, `off` keeps the SDK's exporter.",
     ),
 )
 

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from otel_dist.sdk.exporters import grpc_exporter_missing, otlp_exporter_available
+from otel_dist.sdk.native import NATIVE_VERSION, native_unavailable
 from otel_dist.sdk.prometheus import prometheus_host_problem
 from otel_dist.settings import SIGNALS, ConfigurationError, Settings, Signal
 
@@ -23,6 +24,7 @@ DISABLED = "listed in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
 # it), so problems are listed in the order setup meets them.
 _BUILD_ORDER: tuple[Signal, ...] = ("metrics", "traces", "logs")
 SDK_DISABLED = "OTEL_SDK_DISABLED=true"
+NOT_EXPORTED = "spans are not exported"
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,18 @@ class Plan:
     exports: Mapping[Signal, Decision]
     steps: Mapping[str, Decision]
     problems: tuple[str, ...]
+    native_spans: Decision = Decision(False, "OTEL_DIST_NATIVE_EXPORT=off")
 
     def exports_signal(self, signal: Signal) -> bool:
         """True when ``signal`` will leave the process."""
         return self.exports[signal].runs
+
+    def native_fallback(self) -> str | None:
+        """What to say when native span export was asked for (``on``) and cannot be used."""
+        native = self.native_spans
+        if self.settings.native_export != "on" or native.runs or native.why == NOT_EXPORTED:
+            return None
+        return f"OTEL_DIST_NATIVE_EXPORT=on, but {native.why}; spans are exported by the SDK"
 
     def turns_signal_off(self, problem: str) -> bool:
         """True when ``problem`` is why a signal is not exported (else a default stands in)."""
@@ -82,7 +92,26 @@ def make_plan(settings: Settings, *, strict: bool) -> Plan:
     as_run = replace(settings, **off)
     steps = {name: decide(as_run) for name, decide in STEPS}
     ordered = {signal: exports[signal] for signal in SIGNALS}
-    return Plan(as_run, ordered, steps, tuple(problems))
+    native = decide_native_export(as_run, exports["traces"].runs)
+    return Plan(as_run, ordered, steps, tuple(problems), native)
+
+
+def decide_native_export(settings: Settings, traces_exported: bool) -> Decision:
+    """Whether spans leave through fastotel (the ``[native]`` extra), and why (not)."""
+    if settings.native_export == "off":
+        return Decision(False, "OTEL_DIST_NATIVE_EXPORT=off")
+    if not traces_exported:
+        return Decision(False, NOT_EXPORTED)
+    if settings.traces_exporter != "otlp":
+        return Decision(
+            False, f"the traces exporter is {settings.traces_exporter}: fastotel sends OTLP only"
+        )
+    if settings.otlp["traces"].protocol != "http/protobuf":
+        return Decision(False, "traces go over OTLP/gRPC and fastotel sends OTLP/HTTP only")
+    unavailable = native_unavailable()
+    if unavailable is not None:
+        return Decision(False, unavailable)
+    return Decision(True, f"fastotel {NATIVE_VERSION}: spans batched, encoded and sent off the GIL")
 
 
 def _decide_export(settings: Settings, signal: Signal) -> tuple[Decision, str | None]:

@@ -36,6 +36,7 @@ from otel_dist.options import (
     LogExporterName,
     LogFormat,
     MetricExporterName,
+    NativeExport,
     Option,
     OtlpProtocol,
     SamplerName,
@@ -114,6 +115,7 @@ class Settings:
     shutdown_timeout_s: float = 5.0
     export_report_interval_s: float = 60.0
     trust_incoming_context: bool = True
+    native_export: NativeExport = "auto"
     problems: tuple[str, ...] = ()
     # The problems that turned each signal's exporter to ``none`` (lenient loading only).
     signal_problems: Mapping[Signal, tuple[str, ...]] = field(default_factory=dict)

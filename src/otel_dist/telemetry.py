@@ -30,7 +30,7 @@ from otel_dist.global_changes import CHANGES
 from otel_dist.header_warnings import make_header_warnings_safe
 from otel_dist.internal_log import internal_logger, make_visible
 from otel_dist.log_format import use_configured_format
-from otel_dist.plan import SDK_DISABLED, make_plan
+from otel_dist.plan import SDK_DISABLED, Plan, make_plan
 from otel_dist.process import ExitHooks, refresh_identity_after_fork
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk.export_health import fold_sdk_export_messages
@@ -176,7 +176,10 @@ def _setup(settings: Settings, *, strict: bool, app: Any, engines: list[Any]) ->
         return telemetry
     scrubber = Scrubber(settings.scrub_patterns, enabled=settings.scrub)
     _prefer_stable_http_semconv()
-    providers, build_problems = build_providers(plan.settings, scrubber, strict=strict)
+    _say_why_not_native(plan)
+    providers, build_problems = build_providers(
+        plan.settings, scrubber, strict=strict, native=plan.native_spans.runs
+    )
     _report_problems(build_problems, lambda _problem: True)
     telemetry = Telemetry(plan.settings, providers)
     _install_globals(providers)
@@ -209,6 +212,13 @@ def _report_problems(problems: Iterable[str], turns_signal_off: Callable[[str], 
             _log.error("otel-dist: %s (telemetry for that setting's signal is off)", problem)
         else:
             _log.error("otel-dist: %s (its default is used)", problem)
+
+
+def _say_why_not_native(plan: Plan) -> None:
+    # Asked for explicitly: one line with the reason. Under "auto" the SDK path is the default.
+    fallback = plan.native_fallback()
+    if fallback is not None:
+        _log.warning("otel-dist: %s", fallback)
 
 
 def _empty_resource() -> Any:

@@ -1,7 +1,8 @@
 """A minimal app for process tests: tells which worker served a request, in the span too.
 
 ``PID_APP_MODE=configure`` calls ``otel_dist.configure()`` at import (gunicorn ``--preload`` then
-configures in the master, before the fork); otherwise it has no telemetry code (zero-code).
+configures in the master, before the fork), and ``PID_APP_SPAN_BEFORE_FORK=1`` also ends and
+exports a span there; otherwise it has no telemetry code (zero-code).
 Its lifespan prints one line per process at startup and at shutdown, so tests can check that
 the server's graceful shutdown still runs the app's own shutdown code.
 """
@@ -19,7 +20,13 @@ from opentelemetry import trace
 if os.environ.get("PID_APP_MODE") == "configure":
     from otel_dist import configure
 
-    configure()
+    telemetry = configure()
+    if os.environ.get("PID_APP_SPAN_BEFORE_FORK"):
+        # A master that traced something before forking (a startup query, say): an exporter
+        # thread started here is not in the workers.
+        with trace.get_tracer("pid_app").start_as_current_span("startup in the master"):
+            pass
+        telemetry.force_flush()
 
 
 @asynccontextmanager

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+NATIVE_EXPORT_VARIABLE = "OTEL_DIST_NATIVE_EXPORT"
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -38,8 +40,11 @@ def venv_bin(name: str) -> str:
 
 
 def clean_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``os.environ`` without OTEL_* variables, unbuffered output, then ``env`` on top."""
+    """``os.environ`` without OTEL_* variables (but OTEL_DIST_NATIVE_EXPORT), then ``env``."""
     merged = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    # The suite's choice of span export path (make faults-ci NATIVE=off) reaches every app.
+    if NATIVE_EXPORT_VARIABLE in os.environ:
+        merged[NATIVE_EXPORT_VARIABLE] = os.environ[NATIVE_EXPORT_VARIABLE]
     merged["PYTHONUNBUFFERED"] = "1"  # so output() shows what the server printed so far
     merged.update(env)
     return merged

@@ -220,32 +220,38 @@ class SpanExport(_Wrapping, SpanExporter):
             _release(spans)
 
     def _scrubbed(self, span: ReadableSpan) -> ReadableSpan:
-        attributes = self._scrubber.attributes(span.attributes)
-        events = [self._scrubbed_event(event) for event in span.events]
-        if attributes is None and all(
-            new is old for new, old in zip(events, span.events, strict=True)
-        ):
-            return span
-        return ReadableSpan(
-            name=span.name,
-            context=span.context,
-            parent=span.parent,
-            resource=span.resource,
-            attributes=attributes if attributes is not None else span.attributes,
-            events=events,
-            links=span.links,
-            kind=span.kind,
-            status=span.status,
-            start_time=span.start_time,
-            end_time=span.end_time,
-            instrumentation_scope=span.instrumentation_scope,
-        )
+        return scrubbed_span(self._scrubber, span)
 
-    def _scrubbed_event(self, event: Any) -> Any:
-        attributes = self._scrubber.attributes(event.attributes)
-        if attributes is None:
-            return event
-        return type(event)(event.name, attributes, event.timestamp)
+
+def scrubbed_span(scrubber: Scrubber, span: ReadableSpan) -> ReadableSpan:
+    """``span`` itself when no attribute of it or its events is secret; else a scrubbed copy."""
+    if not scrubber.enabled:
+        return span
+    attributes = scrubber.attributes(span.attributes)
+    events = [_scrubbed_event(scrubber, event) for event in span.events]
+    if attributes is None and all(new is old for new, old in zip(events, span.events, strict=True)):
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes if attributes is not None else span.attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _scrubbed_event(scrubber: Scrubber, event: Any) -> Any:
+    attributes = scrubber.attributes(event.attributes)
+    if attributes is None:
+        return event
+    return type(event)(event.name, attributes, event.timestamp)
 
 
 class LogExport(_Wrapping, LogRecordExporter):

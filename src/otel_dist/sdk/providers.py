@@ -36,6 +36,7 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from otel_dist.internal_log import internal_logger
 from otel_dist.process import make_fork_safe, process_identity
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk.export_health import (
@@ -43,10 +44,12 @@ from otel_dist.sdk.export_health import (
     count_queue_drops,
 )
 from otel_dist.sdk.exporters import log_export, metric_export, span_export
+from otel_dist.sdk.native import NativeSpanExport
 from otel_dist.sdk.prometheus import PrometheusEndpoint, prometheus_reader
 from otel_dist.settings import SIGNALS, BatchSettings, ConfigurationError, Settings, Signal
 from otel_dist.version import __version__
 
+_log = internal_logger()
 _T = TypeVar("_T")
 _P = TypeVar("_P")
 
@@ -96,6 +99,7 @@ class Providers:
     prometheus: PrometheusEndpoint | None = None
     export_health: ExportHealth | None = None
     exporting: frozenset[Signal] = frozenset()
+    native_spans: NativeSpanExport | None = None  # spans leave through fastotel
 
     def exports(self, signal: Signal) -> bool:
         """True when ``signal`` leaves the process."""
@@ -145,6 +149,7 @@ class _Pipeline:
     scrubber: Scrubber
     health: ExportHealth
     meter_provider: MeterProvider | None  # for the SDK's own metrics; None when metrics are off
+    native: bool = False  # the plan chose fastotel for spans
 
 
 def _tracer_provider(p: _Pipeline, export: bool) -> TracerProvider:
@@ -158,10 +163,29 @@ def _tracer_provider(p: _Pipeline, export: bool) -> TracerProvider:
         resource=p.resource, sampler=build_sampler(p.settings), shutdown_on_exit=False
     )
     if export:
-        provider.add_span_processor(
-            _batch_processor(p, "traces", BatchSpanProcessor, span_export, p.settings.bsp)
-        )
+        provider.add_span_processor(_native_span_processor(p) or _sdk_span_processor(p))
     return provider
+
+
+def _sdk_span_processor(p: _Pipeline) -> BatchSpanProcessor:
+    return _batch_processor(p, "traces", BatchSpanProcessor, span_export, p.settings.bsp)
+
+
+def _native_span_processor(p: _Pipeline) -> NativeSpanExport | None:
+    """The fastotel processor when the plan chose it; None (and why, once) if it cannot start."""
+    if not p.native:
+        return None
+    try:
+        return NativeSpanExport(
+            p.settings, p.scrubber, p.health, p.meter_provider, lambda: _sdk_span_processor(p)
+        )
+    except Exception as exc:  # an import or a constructor error: the SDK path takes over
+        _log.warning(
+            "otel-dist: native span export could not start (%s: %s); spans are exported by the SDK",
+            type(exc).__name__,
+            exc,
+        )
+        return None
 
 
 def _batch_processor(
@@ -222,6 +246,7 @@ def build_providers(
     *,
     strict: bool,
     export: Collection[Signal] | None = None,
+    native: bool = False,
 ) -> tuple[Providers, list[str]]:
     """Build one provider per exported signal (the tracer provider always); and the problems.
 
@@ -230,6 +255,8 @@ def build_providers(
     same (gRPC exporter missing, Prometheus host unusable) raises ``ConfigurationError`` when
     ``strict``; otherwise it is off and its problem is returned. Traces always get a provider
     (unless the SDK is disabled): with their export off it only makes the span contexts.
+    ``native``: spans leave through fastotel (the plan's decision), or through the SDK if it
+    cannot start.
     """
     wanted = set(
         export
@@ -255,7 +282,7 @@ def build_providers(
     # Metrics first: the span and log pipelines report their own losses through its provider.
     metrics = attempt("metrics", lambda: _meter_provider(settings, resource, scrubber, health))
     meter_provider, prometheus = metrics if metrics is not None else (None, None)
-    pipeline = _Pipeline(settings, resource, scrubber, health, meter_provider)
+    pipeline = _Pipeline(settings, resource, scrubber, health, meter_provider, native)
     tracer_provider = attempt("traces", lambda: _tracer_provider(pipeline, export=True))
     if tracer_provider is None and not settings.sdk_disabled:
         # No export: the span contexts still come from the sampler.
@@ -268,5 +295,13 @@ def build_providers(
         prometheus=prometheus,
         export_health=health,
         exporting=frozenset(wanted),
+        native_spans=_native_of(tracer_provider),
     )
     return providers, problems
+
+
+def _native_of(tracer_provider: TracerProvider | None) -> NativeSpanExport | None:
+    if tracer_provider is None:
+        return None
+    processors = tracer_provider._active_span_processor._span_processors
+    return next((x for x in processors if isinstance(x, NativeSpanExport)), None)

@@ -41,6 +41,7 @@ _VERSIONED = (
     "gunicorn",
     "httpx",
     "greenlet",
+    "fastotel",
 )
 # Settings problems quote the raw value: for these variables the value itself is the secret.
 _SECRET_VALUE_VARIABLE = re.compile(r"OTEL_EXPORTER_OTLP_(?:[A-Z]+_)?HEADERS")
@@ -107,6 +108,7 @@ def _settings_lines(plan: Plan) -> list[str]:
         f"sampler = {settings.sampler} (arg {settings.sampler_arg})",
     ]
     lines += [_otlp_line(plan, signal) for signal in SIGNALS]
+    lines += [_native_line(plan)]
     lines += [
         f"excluded urls = {', '.join(settings.excluded_urls) or 'none'}",
         f"http instrumentation = {settings.http_instrumentation}",
@@ -135,6 +137,13 @@ def _otlp_line(plan: Plan, signal: Signal) -> str:
         f"otlp {signal}: {mask_url(otlp.endpoint)} ({otlp.protocol}, "
         f"timeout {otlp.timeout_s}s, compression {otlp.compression}, headers: {headers})"
     )
+
+
+def _native_line(plan: Plan) -> str:
+    """Whether spans leave through fastotel (the ``[native]`` extra) or the SDK, and why."""
+    native = plan.native_spans
+    used = "used" if native.runs else "not used"
+    return f"native span export = {plan.settings.native_export}: {used}: {native.why}"
 
 
 def _contrib_problem(ep: EntryPoint) -> str | None:
@@ -302,6 +311,8 @@ def diagnose(
     report = Report()
     # A bad shared OTLP variable breaks every signal and is recorded once per signal: list it once.
     report.problems.extend(dict.fromkeys(mask_problem(problem) for problem in plan.problems))
+    if (native := plan.native_fallback()) is not None:
+        report.problems.append(native)
     report.add("settings (secrets masked)", _settings_lines(plan))
     report.add(
         "versions",
