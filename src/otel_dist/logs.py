@@ -62,6 +62,7 @@ from otel_dist.log_records import (
     _warn_once,
 )
 from otel_dist.scrub import Scrubber
+from otel_dist.span_ids import hex_ids
 
 __all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install_log_correlation"]
 
@@ -113,9 +114,10 @@ def inject_trace_ids(
 def _add_ids(event_dict: MutableMapping[str, Any]) -> None:
     context = get_current_span().get_span_context()
     if context.is_valid:
-        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(context.span_id, "016x"))
-        event_dict.setdefault("trace_flags", format(context.trace_flags, "02x"))
+        trace_id, span_id, trace_flags = hex_ids(context)
+        event_dict.setdefault("trace_id", trace_id)
+        event_dict.setdefault("span_id", span_id)
+        event_dict.setdefault("trace_flags", trace_flags)
     request_id = current_request_id()
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
@@ -292,9 +294,7 @@ class LogCorrelation:
         fields = record.__dict__
         context = get_current_span().get_span_context()
         if context.is_valid and self._state.add_ids:
-            fields["trace_id"] = format(context.trace_id, "032x")
-            fields["span_id"] = format(context.span_id, "016x")
-            fields["trace_flags"] = format(context.trace_flags, "02x")
+            fields["trace_id"], fields["span_id"], fields["trace_flags"] = hex_ids(context)
         else:
             fields["trace_id"] = fields["span_id"] = fields["trace_flags"] = ""
         fields["service_name"] = self._state.service_name
