@@ -92,6 +92,10 @@ def _may_hold_credential(text: str) -> bool:
 
 
 _CREDENTIAL_WORDS = ("bearer", "token", "basic", "bas\u0131c", "basi\u0307c")
+# The key before a separator, matched on the reversed text from the separator back: optional
+# spaces, an optional quote, then the whole run of [\w.-] (\w: a letter, digit or underscore in
+# any script, as str.isalnum() or "_"; \s as str.isspace()).
+_KEY_BACKWARDS = re.compile(r"""\s*["']?([\w.-]*)""")
 
 
 class Scrubber:
@@ -143,16 +147,13 @@ class Scrubber:
         """
         pieces: list[str] = []
         done = 0  # everything before this index is settled
+        backwards = text[::-1]  # what precedes a separator, read from it: one regex match
+        end = len(text)
         for at in _separators(text):
-            key_end = at
-            while key_end and text[key_end - 1].isspace():
-                key_end -= 1
-            if key_end and text[key_end - 1] in "\"'":
-                key_end -= 1
-            key_start = key_end
-            # The key: the whole run of [\w.-] (\w: a letter, digit or underscore in any script).
-            while key_start and (text[key_start - 1].isalnum() or text[key_start - 1] in "_.-"):
-                key_start -= 1
+            key = _KEY_BACKWARDS.match(backwards, end - at)
+            if key is None:  # pragma: no cover - every part of the pattern is optional
+                continue
+            key_start, key_end = end - key.end(1), end - key.start(1)
             if key_start == key_end or key_start < done:
                 continue
             if not self.is_sensitive_key(text[key_start:key_end]):
