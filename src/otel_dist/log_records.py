@@ -51,6 +51,25 @@ _structlog_record_pending: contextvars.ContextVar[str | None] = contextvars.Cont
 
 _warned: set[str] = set()
 
+# The event dict ``inject_trace_ids`` scrubbed last. The OTLP processor comes right after it in
+# the chain: finding the same dict there, it scrubs only the attributes it added itself (the
+# exception's), not every value a second time. Compared by identity and held until then, so a
+# dict is never mistaken for another; another thread's event in between only means a full scrub.
+_scrubbed_event: object = None
+
+
+def note_scrubbed(event_dict: MutableMapping[str, Any]) -> None:
+    """Record that ``event_dict``'s keys and values were just scrubbed."""
+    global _scrubbed_event  # noqa: PLW0603 - a one-entry handover to the next processor
+    _scrubbed_event = event_dict
+
+
+def _was_scrubbed(event_dict: Mapping[str, Any]) -> bool:
+    global _scrubbed_event  # noqa: PLW0603
+    scrubbed = _scrubbed_event is event_dict
+    _scrubbed_event = None
+    return scrubbed
+
 
 def _warn_once(where: str) -> None:
     """Report an internal failure once; logging must go on without our addition."""
@@ -112,7 +131,23 @@ class _ScrubbedStructlogProcessor(StructlogProcessor):
         attributes = StructlogProcessor._get_attributes(event_dict)
         for key in _CONTEXT_KEYS.intersection(attributes):
             del attributes[key]
+        if _was_scrubbed(event_dict):
+            return self._scrub_added(attributes, event_dict)
         return self._scrubber.attributes(attributes) or attributes
+
+    def _scrub_added(
+        self, attributes: dict[str, Any], event_dict: dict[Any, Any]
+    ) -> dict[str, Any]:
+        """Scrub the attributes that are not the (already scrubbed) event's own values."""
+        added = {
+            key: value
+            for key, value in attributes.items()
+            if key not in event_dict or event_dict[key] is not value
+        }
+        scrubbed = self._scrubber.attributes(added)
+        if scrubbed is not None:
+            attributes.update(scrubbed)
+        return attributes
 
 
 class _OtlpLogHandler(LoggingHandler):

@@ -60,6 +60,7 @@ from otel_dist.log_records import (
     _ScrubbedStructlogProcessor,
     _structlog_record_pending,
     _warn_once,
+    note_scrubbed,
 )
 from otel_dist.scrub import Scrubber
 from otel_dist.span_ids import hex_ids
@@ -106,6 +107,7 @@ def inject_trace_ids(
                 event_dict.setdefault("service.name", state.service_name)
             if state.scrubber is not None:
                 _scrub_event(event_dict, state.scrubber)
+                note_scrubbed(event_dict)
     except Exception:
         _warn_once("inject_trace_ids")
     return event_dict
