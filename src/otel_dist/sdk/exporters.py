@@ -221,9 +221,10 @@ class SpanExport(_Wrapping, SpanExporter):
 
     def _scrubbed(self, span: ReadableSpan) -> ReadableSpan:
         attributes = self._scrubber.attributes(span.attributes)
-        events = [self._scrubbed_event(event) for event in span.events]
+        original = span.events  # a new tuple each time, copied from the span under its lock
+        events = [self._scrubbed_event(event) for event in original]
         if attributes is None and all(
-            new is old for new, old in zip(events, span.events, strict=True)
+            new is old for new, old in zip(events, original, strict=True)
         ):
             return span
         return ReadableSpan(
