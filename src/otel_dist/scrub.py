@@ -211,6 +211,8 @@ class Scrubber:
             if sensitive:
                 new: Any = REDACTED
             elif type(item) is str:
+                if "=" not in item and ":" not in item and " " not in item:
+                    continue  # no pair and no credential: text() would return it as is
                 new = self.text(item)
             elif isinstance(item, (int, float)):  # bool is an int
                 continue
