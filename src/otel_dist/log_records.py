@@ -19,7 +19,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.util.types import AnyValue
 
 from otel_dist.internal_log import INTERNAL_LOGGER, internal_logger
-from otel_dist.scrub import REDACTED, Scrubber
+from otel_dist.scrub import Scrubber
 
 _logger = internal_logger()
 
@@ -77,20 +77,6 @@ def _warn_once(where: str) -> None:
         return
     _warned.add(where)
     _logger.warning("otel-dist: %s failed; continuing without it", where, exc_info=True)
-
-
-def _scrub_event(event_dict: MutableMapping[str, Any], scrubber: Scrubber) -> None:
-    for key, value in tuple(event_dict.items()):
-        if scrubber.is_sensitive_key(key):
-            event_dict[key] = REDACTED
-        elif type(value) is str:
-            event_dict[key] = scrubber.text(value)
-        elif value is None or isinstance(value, (int, float)):
-            continue  # the common non-text values, without the costlier ABC checks below
-        elif isinstance(value, str):
-            event_dict[key] = scrubber.text(value)
-        elif isinstance(value, (Mapping, list, tuple)):
-            event_dict[key] = scrubber.value(value)
 
 
 class _ScrubbedStructlogProcessor(StructlogProcessor):

@@ -55,7 +55,6 @@ from otel_dist.internal_log import internal_logger
 from otel_dist.log_format import configure_structlog
 from otel_dist.log_records import (
     _OtlpLogHandler,
-    _scrub_event,
     _scrub_record,
     _ScrubbedStructlogProcessor,
     _structlog_record_pending,
@@ -106,7 +105,7 @@ def inject_trace_ids(
             if state.add_ids:
                 event_dict.setdefault("service.name", state.service_name)
             if state.scrubber is not None:
-                _scrub_event(event_dict, state.scrubber)
+                state.scrubber.scrub_in_place(event_dict)
                 note_scrubbed(event_dict)
     except Exception:
         _warn_once("inject_trace_ids")

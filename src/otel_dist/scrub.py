@@ -14,7 +14,7 @@ The marker never echoes what matched (Logfire #1909 leaked custom-pattern matche
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from types import MappingProxyType
 from typing import Any
 
@@ -184,6 +184,31 @@ class Scrubber:
             key: REDACTED if self.is_sensitive_key(str(key)) else self.value(item)
             for key, item in values.items()
         }
+
+    def scrub_in_place(self, values: MutableMapping[str, Any]) -> None:
+        """Redact sensitive keys and scrub free text in ``values`` itself (a structlog event).
+
+        Runs for every structlog event: a cache lookup per key, and text scrubbed only when it
+        could hold a pair or a credential. Numbers, None and other objects stay as they are.
+        """
+        if not self.enabled:
+            return
+        cache = self._cache
+        for key, value in tuple(values.items()):
+            sensitive = cache.get(key)
+            if sensitive is None:
+                sensitive = self.is_sensitive_key(key)
+            if sensitive:
+                values[key] = REDACTED
+            elif type(value) is str:
+                if "=" in value or ":" in value or " " in value:  # else text() returns it as is
+                    values[key] = self.text(value)
+            elif value is None or isinstance(value, (int, float)):
+                continue  # the common non-text values, without the costlier ABC checks below
+            elif isinstance(value, str):
+                values[key] = self.text(value)
+            elif isinstance(value, (Mapping, list, tuple)):
+                values[key] = self.value(value)
 
     def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Scrub span/log attributes; returns None when nothing changed (no copy needed).
