@@ -6,14 +6,17 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from opentelemetry import baggage, trace
+from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_dist.fastapi.incoming_context import (
     LINK_ATTRIBUTES,
     OneTraceparentOnly,
+    RequestPropagation,
     UntrustedEdgePropagator,
 )
 from otel_dist.tools.sink import OtlpSink, SpanRecord
@@ -39,6 +42,47 @@ def test_untrusted_extract_of_garbage_is_the_plain_context():
     propagator = UntrustedEdgePropagator(W3C)
     assert propagator.extract({"traceparent": "00-zz-yy-01"}) == propagator.extract({})
     assert propagator.fields == W3C.fields
+
+
+BAGGAGE_FIRST = CompositePropagator([W3CBaggagePropagator(), TraceContextTextMapPropagator()])
+
+
+@pytest.mark.parametrize(
+    "propagator",
+    [
+        W3C,
+        BAGGAGE_FIRST,
+        OneTraceparentOnly(W3C),
+        OneTraceparentOnly(BAGGAGE_FIRST),
+        UntrustedEdgePropagator(BAGGAGE_FIRST),
+        TraceContextTextMapPropagator(),
+        W3CBaggagePropagator(),
+        CompositePropagator([]),
+    ],
+    ids=["w3c", "baggage-first", "one", "one-baggage-first", "untrusted", "tc", "bg", "none"],
+)
+@pytest.mark.parametrize("inside_a_span", [False, True])
+def test_request_without_trace_headers_gets_what_the_propagator_extracts(
+    propagator: TextMapPropagator, inside_a_span: bool
+):
+    # Baggage-first chains start from the current context, the others from an empty one: the
+    # shortcut for requests without the propagator's headers must give the same either way.
+    current = baggage.set_baggage("k", "v", trace.set_span_in_context(_span()))
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(propagator)
+    token = context.attach(current) if inside_a_span else None
+    try:
+        got = RequestPropagation().extract([(b"host", b"example"), (b"accept", b"*/*")])
+        expected = propagator.extract({})
+    finally:
+        if token is not None:
+            context.detach(token)
+        propagate.set_global_textmap(previous)
+    assert got == expected
+
+
+def _span() -> trace.Span:
+    return TracerProvider().get_tracer(__name__).start_span("current")
 
 
 def _asgi_scope(*headers: tuple[str, str]) -> dict[str, object]:

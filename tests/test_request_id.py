@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 
@@ -74,3 +75,21 @@ def test_bind_and_unbind_restore_previous():
     assert request_id.current_request_id() == "outer"
     request_id.unbind(token)
     assert request_id.current_request_id() is None
+
+
+def test_forked_child_generates_ids_its_parent_does_not():
+    request_id.accept_or_generate(None)  # the parent now holds ids made but not handed out
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids and leave at once
+        os.close(read_end)
+        child_ids = " ".join(request_id.accept_or_generate(None) for _ in range(10))
+        os.write(write_end, child_ids.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    parent = {request_id.accept_or_generate(None) for _ in range(100)}
+    assert len(child) == 10
+    assert not child & parent

@@ -19,7 +19,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.util.types import AnyValue
 
 from otel_dist.internal_log import INTERNAL_LOGGER, internal_logger
-from otel_dist.scrub import REDACTED, Scrubber
+from otel_dist.scrub import Scrubber
 
 _logger = internal_logger()
 
@@ -51,6 +51,25 @@ _structlog_record_pending: contextvars.ContextVar[str | None] = contextvars.Cont
 
 _warned: set[str] = set()
 
+# The event dict ``inject_trace_ids`` scrubbed last. The OTLP processor comes right after it in
+# the chain: finding the same dict there, it scrubs only the attributes it added itself (the
+# exception's), not every value a second time. Compared by identity and held until then, so a
+# dict is never mistaken for another; another thread's event in between only means a full scrub.
+_scrubbed_event: object = None
+
+
+def note_scrubbed(event_dict: MutableMapping[str, Any]) -> None:
+    """Record that ``event_dict``'s keys and values were just scrubbed."""
+    global _scrubbed_event  # noqa: PLW0603 - a one-entry handover to the next processor
+    _scrubbed_event = event_dict
+
+
+def _was_scrubbed(event_dict: Mapping[str, Any]) -> bool:
+    global _scrubbed_event  # noqa: PLW0603
+    scrubbed = _scrubbed_event is event_dict
+    _scrubbed_event = None
+    return scrubbed
+
 
 def _warn_once(where: str) -> None:
     """Report an internal failure once; logging must go on without our addition."""
@@ -58,20 +77,6 @@ def _warn_once(where: str) -> None:
         return
     _warned.add(where)
     _logger.warning("otel-dist: %s failed; continuing without it", where, exc_info=True)
-
-
-def _scrub_event(event_dict: MutableMapping[str, Any], scrubber: Scrubber) -> None:
-    for key, value in tuple(event_dict.items()):
-        if scrubber.is_sensitive_key(key):
-            event_dict[key] = REDACTED
-        elif type(value) is str:
-            event_dict[key] = scrubber.text(value)
-        elif value is None or isinstance(value, (int, float)):
-            continue  # the common non-text values, without the costlier ABC checks below
-        elif isinstance(value, str):
-            event_dict[key] = scrubber.text(value)
-        elif isinstance(value, (Mapping, list, tuple)):
-            event_dict[key] = scrubber.value(value)
 
 
 class _ScrubbedStructlogProcessor(StructlogProcessor):
@@ -112,7 +117,23 @@ class _ScrubbedStructlogProcessor(StructlogProcessor):
         attributes = StructlogProcessor._get_attributes(event_dict)
         for key in _CONTEXT_KEYS.intersection(attributes):
             del attributes[key]
+        if _was_scrubbed(event_dict):
+            return self._scrub_added(attributes, event_dict)
         return self._scrubber.attributes(attributes) or attributes
+
+    def _scrub_added(
+        self, attributes: dict[str, Any], event_dict: dict[Any, Any]
+    ) -> dict[str, Any]:
+        """Scrub the attributes that are not the (already scrubbed) event's own values."""
+        added = {
+            key: value
+            for key, value in attributes.items()
+            if key not in event_dict or event_dict[key] is not value
+        }
+        scrubbed = self._scrubber.attributes(added)
+        if scrubbed is not None:
+            attributes.update(scrubbed)
+        return attributes
 
 
 class _OtlpLogHandler(LoggingHandler):

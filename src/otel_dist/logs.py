@@ -55,13 +55,14 @@ from otel_dist.internal_log import internal_logger
 from otel_dist.log_format import configure_structlog
 from otel_dist.log_records import (
     _OtlpLogHandler,
-    _scrub_event,
     _scrub_record,
     _ScrubbedStructlogProcessor,
     _structlog_record_pending,
     _warn_once,
+    note_scrubbed,
 )
 from otel_dist.scrub import Scrubber
+from otel_dist.span_ids import hex_ids
 
 __all__ = ["LogCorrelation", "configure_structlog", "inject_trace_ids", "install_log_correlation"]
 
@@ -104,7 +105,8 @@ def inject_trace_ids(
             if state.add_ids:
                 event_dict.setdefault("service.name", state.service_name)
             if state.scrubber is not None:
-                _scrub_event(event_dict, state.scrubber)
+                state.scrubber.scrub_in_place(event_dict)
+                note_scrubbed(event_dict)
     except Exception:
         _warn_once("inject_trace_ids")
     return event_dict
@@ -113,9 +115,10 @@ def inject_trace_ids(
 def _add_ids(event_dict: MutableMapping[str, Any]) -> None:
     context = get_current_span().get_span_context()
     if context.is_valid:
-        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(context.span_id, "016x"))
-        event_dict.setdefault("trace_flags", format(context.trace_flags, "02x"))
+        trace_id, span_id, trace_flags = hex_ids(context)
+        event_dict.setdefault("trace_id", trace_id)
+        event_dict.setdefault("span_id", span_id)
+        event_dict.setdefault("trace_flags", trace_flags)
     request_id = current_request_id()
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
@@ -292,9 +295,7 @@ class LogCorrelation:
         fields = record.__dict__
         context = get_current_span().get_span_context()
         if context.is_valid and self._state.add_ids:
-            fields["trace_id"] = format(context.trace_id, "032x")
-            fields["span_id"] = format(context.span_id, "016x")
-            fields["trace_flags"] = format(context.trace_flags, "02x")
+            fields["trace_id"], fields["span_id"], fields["trace_flags"] = hex_ids(context)
         else:
             fields["trace_id"] = fields["span_id"] = fields["trace_flags"] = ""
         fields["service_name"] = self._state.service_name

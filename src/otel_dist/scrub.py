@@ -14,7 +14,7 @@ The marker never echoes what matched (Logfire #1909 leaked custom-pattern matche
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from types import MappingProxyType
 from typing import Any
 
@@ -92,6 +92,10 @@ def _may_hold_credential(text: str) -> bool:
 
 
 _CREDENTIAL_WORDS = ("bearer", "token", "basic", "bas\u0131c", "basi\u0307c")
+# The key before a separator, matched on the reversed text from the separator back: optional
+# spaces, an optional quote, then the whole run of [\w.-] (\w: a letter, digit or underscore in
+# any script, as str.isalnum() or "_"; \s as str.isspace()).
+_KEY_BACKWARDS = re.compile(r"""\s*["']?([\w.-]*)""")
 
 
 class Scrubber:
@@ -143,16 +147,13 @@ class Scrubber:
         """
         pieces: list[str] = []
         done = 0  # everything before this index is settled
+        backwards = text[::-1]  # what precedes a separator, read from it: one regex match
+        end = len(text)
         for at in _separators(text):
-            key_end = at
-            while key_end and text[key_end - 1].isspace():
-                key_end -= 1
-            if key_end and text[key_end - 1] in "\"'":
-                key_end -= 1
-            key_start = key_end
-            # The key: the whole run of [\w.-] (\w: a letter, digit or underscore in any script).
-            while key_start and (text[key_start - 1].isalnum() or text[key_start - 1] in "_.-"):
-                key_start -= 1
+            key = _KEY_BACKWARDS.match(backwards, end - at)
+            if key is None:  # pragma: no cover - every part of the pattern is optional
+                continue
+            key_start, key_end = end - key.end(1), end - key.start(1)
             if key_start == key_end or key_start < done:
                 continue
             if not self.is_sensitive_key(text[key_start:key_end]):
@@ -184,6 +185,31 @@ class Scrubber:
             for key, item in values.items()
         }
 
+    def scrub_in_place(self, values: MutableMapping[str, Any]) -> None:
+        """Redact sensitive keys and scrub free text in ``values`` itself (a structlog event).
+
+        Runs for every structlog event: a cache lookup per key, and text scrubbed only when it
+        could hold a pair or a credential. Numbers, None and other objects stay as they are.
+        """
+        if not self.enabled:
+            return
+        cache = self._cache
+        for key, value in tuple(values.items()):
+            sensitive = cache.get(key)
+            if sensitive is None:
+                sensitive = self.is_sensitive_key(key)
+            if sensitive:
+                values[key] = REDACTED
+            elif type(value) is str:
+                if "=" in value or ":" in value or " " in value:  # else text() returns it as is
+                    values[key] = self.text(value)
+            elif value is None or isinstance(value, (int, float)):
+                continue  # the common non-text values, without the costlier ABC checks below
+            elif isinstance(value, str):
+                values[key] = self.text(value)
+            elif isinstance(value, (Mapping, list, tuple)):
+                values[key] = self.value(value)
+
     def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Scrub span/log attributes; returns None when nothing changed (no copy needed).
 
@@ -210,6 +236,8 @@ class Scrubber:
             if sensitive:
                 new: Any = REDACTED
             elif type(item) is str:
+                if "=" not in item and ":" not in item and " " not in item:
+                    continue  # no pair and no credential: text() would return it as is
                 new = self.text(item)
             elif isinstance(item, (int, float)):  # bool is an int
                 continue

@@ -175,24 +175,59 @@ def _header_names(propagator: TextMapPropagator) -> frozenset[bytes] | None:
     return frozenset(names)
 
 
+def _starts_empty(propagator: TextMapPropagator) -> bool:
+    """True when ``propagator`` extracts a new, empty context from headers without its own.
+
+    Known from the code of the propagators named here (``_header_names`` admits no others):
+    without their headers, W3C trace context and the untrusted edge return the context they are
+    given, else a new empty one; baggage returns the given context, else the current one; the
+    two wrappers and a composite pass the context along, so the first one in line decides.
+    """
+    if type(propagator) is TraceContextTextMapPropagator or isinstance(
+        propagator, UntrustedEdgePropagator
+    ):
+        return True
+    if isinstance(propagator, OneTraceparentOnly):
+        inner = vars(propagator).get("_inner")
+        return inner is not None and _starts_empty(inner)
+    if isinstance(propagator, CompositePropagator):
+        parts = list(vars(propagator).get("_propagators") or ())
+        return bool(parts) and _starts_empty(parts[0])
+    return False
+
+
+# What a request with none of the propagator's headers continues from, when that is known to be
+# a new empty context (the common case: the default propagators, no traceparent). Context is
+# immutable, so one instance serves every such request.
+_NO_PARENT = Context()
+
+
 class RequestPropagation:
     """The global propagator (it may be replaced at any time) and the headers it reads."""
 
     def __init__(self) -> None:
-        self._propagator: TextMapPropagator | None = None
-        self._names: frozenset[bytes] | None = None
+        # (propagator, the headers it reads, whether it starts empty): replaced whole, so a
+        # request never pairs one propagator with what was found out about another.
+        self._known: tuple[TextMapPropagator | None, frozenset[bytes] | None, bool] = (
+            None,
+            None,
+            False,
+        )
 
     def extract(self, headers: Iterable[tuple[bytes, bytes]]) -> Context:
         """The request's parent context, from ``headers`` by the global propagator."""
         propagator = propagate.get_global_textmap()
-        if propagator is not self._propagator:
-            self._names = _header_names(propagator)
-            self._propagator = propagator
-        names = self._names
+        known, names, starts_empty = self._known
+        if propagator is not known:
+            names = _header_names(propagator)
+            starts_empty = names is not None and _starts_empty(propagator)
+            self._known = (propagator, names, starts_empty)
         carrier: dict[str, list[str]] = {}
         for name, value in headers:
             if names is None or name in names:
                 carrier.setdefault(name.decode("latin-1").lower(), []).append(
                     value.decode("latin-1")
                 )
+        if not carrier and starts_empty:
+            return _NO_PARENT  # what the propagator would build, without running it
         return propagator.extract(carrier, getter=_GETTER)

@@ -38,6 +38,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, TracerProvider
 from starlette.websockets import WebSocketDisconnect
 
 from otel_dist.fastapi.incoming_context import RequestPropagation
+from otel_dist.span_ids import traceparent
 from otel_dist.version import __version__
 
 if TYPE_CHECKING:
@@ -288,7 +289,7 @@ def traceparent_of(span: Span) -> str | None:
     context = span.get_span_context()
     if not context.is_valid:
         return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    return traceparent(context)
 
 
 class ServerRequest:

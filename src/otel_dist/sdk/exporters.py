@@ -228,8 +228,9 @@ def scrubbed_span(scrubber: Scrubber, span: ReadableSpan) -> ReadableSpan:
     if not scrubber.enabled:
         return span
     attributes = scrubber.attributes(span.attributes)
-    events = [_scrubbed_event(scrubber, event) for event in span.events]
-    if attributes is None and all(new is old for new, old in zip(events, span.events, strict=True)):
+    original = span.events  # a new tuple each time, copied from the span under its lock
+    events = [_scrubbed_event(scrubber, event) for event in original]
+    if attributes is None and all(new is old for new, old in zip(events, original, strict=True)):
         return span
     return ReadableSpan(
         name=span.name,
