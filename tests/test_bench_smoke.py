@@ -93,7 +93,8 @@ def test_quick_bench_prices_otel_dist_against_the_floor(quick_results: dict) -> 
     relative = quick_results["summary"]["relative"]
     for name in FLOOR_PRICED:
         for endpoint in ("ping", "items"):
-            factor = relative[name][f"added_cpu_over_floor.{endpoint}"]
+            factor = relative[name].get(f"added_cpu_over_floor.{endpoint}")
+            assert factor is not None, f"{name} /{endpoint}: the floor added no CPU over none"
             assert 0 < factor["median"] < 100, (name, endpoint, factor)
     targets = {(row["target"], row["setup"]) for row in quick_results["summary"]["targets"]}
     assert ("added CPU on /ping ≤ 0.6x the floor's", "dist-configure") in targets
