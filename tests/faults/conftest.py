@@ -43,6 +43,15 @@ class Scale:
     # nothing changes on a shared 2-core machine; there the bound catches a request path that
     # waits on the exporter (seconds per request), not noise.
     p99_ratio_max: float = 1.10
+    # Each cycle's own windows too: its outage and its catch-up against its collector-up window
+    # (issue G). A 15 s catch-up window's p99 is its 8th slowest request at 50 req/s, so one
+    # pause of the app or of the load decides it where the pooled p99 hides it: the 1.66 s
+    # catch-up window of issue G was 130x its cycle's collector-up p99, the full collections
+    # fixed before it 8x. On a busy 2-core host the windows of one cycle differed by up to 1.9x
+    # with nothing stalling (other processes on the app's CPU); this bound catches a
+    # stall, not that noise; the 1.10 target stays on the pooled ratio. None: pooled only (CI's
+    # single 10 s cycle, where any 100 ms hiccup of a neighbour would decide a 15 s window).
+    p99_window_ratio_max: float | None = 3.0
     # When no cycle had the app's CPU to itself (see test_outages.STEAL_MAX_PCT): fail as too
     # busy to compare (``make faults``), or compare them all against the loose CI bound, so that
     # a busy CI host still catches an exporter that blocks requests.
@@ -70,6 +79,7 @@ SCALES = {
         load_rps=30,
         workers=4,
         p99_ratio_max=2.0,
+        p99_window_ratio_max=None,
         compare_noisy_cycles=True,
     ),
 }

@@ -28,6 +28,7 @@ from otel_dist.plan import fastapi_mode
 from otel_dist.process import ExitHooks, FlushWhenServerStops
 from otel_dist.sdk.providers import Providers
 from otel_dist.settings import Settings
+from otel_dist.startup_heap import FreezeHeapAfterStartup
 
 _log = internal_logger()
 _MARK = "_otel_dist_instrumented"
@@ -151,7 +152,7 @@ class FastAPIInstrumentation:
                 # Starlette builds the stack on the app's first ASGI call: this process serves
                 # the app, so it gets a scrape endpoint (not a supervisor or --preload master).
                 prometheus.serve()
-            stack = insert_inside_server_span(original(), make)
+            stack = FreezeHeapAfterStartup(insert_inside_server_span(original(), make))
             return stack if exit_hooks is None else FlushWhenServerStops(stack, exit_hooks)
 
         app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
