@@ -171,6 +171,13 @@ CASES: dict[str, tuple[Any, str, str, Callable[[Settings], Any], Any]] = {
         False,
     ),
     "native_export": ("off", "OTEL_DIST_NATIVE_EXPORT", "on", _attr("native_export"), "off"),
+    "freeze_startup_heap": (
+        False,
+        "OTEL_DIST_FREEZE_STARTUP_HEAP",
+        "true",
+        _attr("freeze_startup_heap"),
+        False,
+    ),
 }
 OTLP_VALUES = {
     "endpoint": ("http://kw:4318", "http://env:4318"),

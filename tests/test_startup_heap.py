@@ -22,7 +22,12 @@ from fastapi.testclient import TestClient
 from otel_dist import configure
 
 case = sys.argv[1]
-telemetry = configure(traces_exporter="none", metrics_exporter="none", logs_exporter="none")
+telemetry = configure(
+    traces_exporter="none",
+    metrics_exporter="none",
+    logs_exporter="none",
+    freeze_startup_heap=case != "opted out",
+)
 app = FastAPI()
 
 
@@ -118,4 +123,12 @@ def test_a_test_clients_lifespan_freezes_nothing() -> None:
     report = _run("test client")
 
     assert report["frozen_at_start"] == 0, report
+    assert report["walked_at_start"] > 20_000, report
+
+
+def test_a_server_start_with_the_freeze_switched_off_changes_nothing() -> None:
+    report = _run("opted out")
+
+    assert report["frozen_at_start"] == 0, report
+    assert report["garbage_alive_at_start"] is True, report
     assert report["walked_at_start"] > 20_000, report

@@ -392,6 +392,14 @@ OPTIONS: tuple[Option, ...] = (
         "pre-alpha; traces over OTLP/HTTP only): `auto` uses it when installed, `on` also says "
         "once why when it cannot, `off` keeps the SDK's exporter.",
     ),
+    _opt(
+        "freeze_startup_heap",
+        "OTEL_DIST_FREEZE_STARTUP_HEAP",
+        _bool,
+        doc="`true`: once a server's lifespan startup completes, collect garbage once and "
+        "`gc.freeze()` what is left, so full collections skip the startup heap. `false` leaves "
+        "the garbage collector as the app set it.",
+    ),
 )
 
 _OPTION_BY_NAME = {option.name: option for option in OPTIONS}

@@ -116,6 +116,7 @@ class Settings:
     export_report_interval_s: float = 60.0
     trust_incoming_context: bool = True
     native_export: NativeExport = "auto"
+    freeze_startup_heap: bool = True
     problems: tuple[str, ...] = ()
     # The problems that turned each signal's exporter to ``none`` (lenient loading only).
     signal_problems: Mapping[Signal, tuple[str, ...]] = field(default_factory=dict)

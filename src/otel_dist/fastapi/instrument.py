@@ -152,7 +152,9 @@ class FastAPIInstrumentation:
                 # Starlette builds the stack on the app's first ASGI call: this process serves
                 # the app, so it gets a scrape endpoint (not a supervisor or --preload master).
                 prometheus.serve()
-            stack = FreezeHeapAfterStartup(insert_inside_server_span(original(), make))
+            stack = insert_inside_server_span(original(), make)
+            if settings.freeze_startup_heap:
+                stack = FreezeHeapAfterStartup(stack)
             return stack if exit_hooks is None else FlushWhenServerStops(stack, exit_hooks)
 
         app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
