@@ -5,11 +5,17 @@ copy of its open connection. Writing on one connection from two processes lets e
 other's response: one of them waits out the exporter's timeout and sends its batch again. The
 exporter otel-dist builds must open a connection of its own in the child, and leave the parent's
 working.
+Nor does an export thread import anything for the first time: a worker forked while one was in
+the middle of that import would inherit the module's import lock held by a thread it does not
+have, and its export threads would wait on it for good (zero-code gunicorn workers that never
+delivered anything, under load).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,3 +98,41 @@ def test_a_credential_provider_keeps_its_own_session() -> None:
     per_signal = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_METRICS_CREDENTIAL_PROVIDER"
     assert session_for("metrics", {per_signal: "mine"}) is None
     assert isinstance(session_for("traces", {per_signal: "mine"}), ForkSafeSession)
+
+
+EXPORT_IMPORTS_SCRIPT = """
+import logging
+import sys
+
+from opentelemetry import metrics, trace
+
+from otel_dist import configure
+from otel_dist.tools.sink import OtlpSink
+
+with OtlpSink() as sink:
+    telemetry = configure(otlp_endpoint=sink.endpoint)
+    with trace.get_tracer("t").start_as_current_span("s"):
+        logging.getLogger("t").warning("a record")
+    metrics.get_meter("t").create_counter("c").add(1)
+    before = set(sys.modules)
+    telemetry.force_flush()
+    print("delivered:", len(sink.spans()), len(sink.logs()) > 0)
+    print("imported while exporting:", sorted(set(sys.modules) - before))
+    telemetry.shutdown()
+"""
+
+
+@pytest.mark.parametrize("native", ["off", "auto"])
+def test_exporting_imports_nothing_a_fork_could_catch_half_done(native: str) -> None:
+    env = {**os.environ, "OTEL_DIST_NATIVE_EXPORT": native}
+    run = subprocess.run(
+        [sys.executable, "-c", EXPORT_IMPORTS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "delivered: 1 True" in run.stdout, (run.stdout, run.stderr)
+    assert "imported while exporting: []" in run.stdout, (run.stdout, run.stderr)

@@ -7,10 +7,20 @@ and each may read the other's response, so one waits out the exporter's timeout 
 late batch, sent twice). This session notices that it runs in a new process and drops the
 inherited connections (closing only the child's copies; the parent's stay open) before its first
 request there.
+
+Nothing on the export path may be imported for the first time on an export thread either: a fork
+during that import would leave the child's export threads waiting forever on its import lock.
 """
 
 from __future__ import annotations
 
+# requests imports netrc lazily, on a session's first request (to look for credentials). In a
+# process that forks after setting up (a gunicorn master under the launcher), an export thread
+# can be in the middle of that first import when the fork happens: the child then inherits
+# netrc's import lock held by a thread it does not have, and every export thread of that worker
+# blocks on it for good, so nothing the worker produces ever leaves. Imported here, before any
+# export thread runs, netrc is never imported on an export thread.
+import netrc  # noqa: F401
 import os
 from typing import Any
 
