@@ -14,6 +14,7 @@ delivered anything, under load).
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -89,6 +90,44 @@ def test_a_forked_child_exports_on_its_own_connection(receiver: tuple[str, list[
     parent_port, child_port, parent_again = peers
     assert child_port != parent_port  # the child did not write on the parent's connection
     assert parent_again == parent_port  # and the parent's connection still works
+
+
+def test_a_child_forked_while_a_parent_thread_held_a_pool_lock_still_exports(
+    receiver: tuple[str, list[int]],
+) -> None:
+    # The parent's export thread picks or returns a connection under the pool manager's lock;
+    # a fork at that moment leaves the child that lock held by a thread it does not have.
+    endpoint, _ = receiver
+    session = ForkSafeSession()
+    assert session.post(endpoint, data=b"before the fork", timeout=10).status_code == 200
+    pools_lock = session.get_adapter(endpoint).poolmanager.pools.lock  # type: ignore[attr-defined]
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with pools_lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock, daemon=True)
+    holder.start()
+    held.wait()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: export once, report the status through the pipe, leave at once
+        status = session.post(endpoint, data=b"in the child", timeout=10).status_code
+        os.write(write_end, str(status).encode())
+        os._exit(0)
+    release.set()
+    holder.join()
+    os.close(write_end)
+    try:
+        answered, _, _ = select.select([read_end], [], [], 30)
+        assert answered, "the child never finished its export"
+        assert os.read(read_end, 16) == b"200"
+    finally:
+        os.close(read_end)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
 
 
 def test_a_credential_provider_keeps_its_own_session() -> None:
