@@ -22,6 +22,7 @@ from support.servers import (
     PID_APP,
     REPO_ROOT,
     ServerProcess,
+    clean_env,
     free_port,
     gunicorn_argv,
     pid_app_env,
@@ -312,3 +313,47 @@ def test_grpc_without_the_extra_is_one_clear_error_or_one_log_line():
     assert lenient.returncode == 0, lenient.stderr
     assert lenient.stdout.strip() == "none none"
     assert lenient.stderr.count("needs the gRPC exporter") == 1
+
+
+SIGTERM_DURING_EXIT_FLUSH_SCRIPT = """
+import logging
+import os
+import signal
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
+
+from otel_dist import configure
+
+class SigtermWhileFlushing(SpanProcessor):
+    # Shut down after the span exporter, before the log records are exported: a SIGTERM
+    # arriving in the middle of the exit flush, as gunicorn's stopping master sends it.
+    def shutdown(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+telemetry = configure()  # SIGTERM kills at once here: otel-dist installs its own handler
+if os.environ.get("SIGTERM_DEFAULT_AFTER_CONFIGURE"):
+    # A gunicorn worker once uvicorn has put back the handler it found: the default one.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+trace.get_tracer_provider().add_span_processor(SigtermWhileFlushing())
+with trace.get_tracer("t").start_as_current_span("made before exit"):
+    logging.getLogger("t").warning("made before exit")
+"""
+
+
+@pytest.mark.parametrize("handler", ["otel-dist's", "the default"])
+def test_a_sigterm_during_the_exit_flush_waits_for_it_to_end(handler: str, otlp_sink: OtlpSink):
+    extra = {"SIGTERM_DEFAULT_AFTER_CONFIGURE": "1"} if handler == "the default" else {}
+    env = pid_app_env(otlp_sink.endpoint, OTEL_BLRP_SCHEDULE_DELAY="60000", **extra)
+    run = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_EXIT_FLUSH_SCRIPT],
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # Still dies of the signal, as it would have, once the bounded flush has ended.
+    assert run.returncode == -signal.SIGTERM, run.stderr
+    assert [r.body for r in otlp_sink.logs()] == ["made before exit"], run.stderr

@@ -36,7 +36,8 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -117,7 +118,8 @@ class ExitHooks:
         if self._done:
             return
         self._done = True
-        self._within_budget(self._shutdown, "shutdown")
+        with _stop_signals_held_back(self._on_sigterm):
+            self._within_budget(self._shutdown, "shutdown")
 
     def _flush_within_budget(self) -> None:
         # Part of the process's shutdown, and said so if it runs out of time: one line per exit.
@@ -158,6 +160,37 @@ class ExitHooks:
         # Die of SIGTERM as the process would have without us (exit status 143 for the parent).
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+@contextmanager
+def _stop_signals_held_back(ours: Handler) -> Iterator[None]:
+    """Hold back a stop signal that would end the process until the exit flush ends.
+
+    A gunicorn worker recycled by ``--max-requests`` flushes at exit with SIGTERM back at its
+    default; the master stopping then sends it SIGTERM, which killed it in the middle of the
+    flush and lost what it had not sent yet. The flush is bounded, so the signal is only
+    delayed: it is delivered as it came once the flush ends, and the process dies of it as it
+    would have. Our own SIGTERM handler is held back too: it would find the flush started and
+    end the process at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = {
+        signum: handler
+        for signum in _GRACEFUL_STOP
+        if (handler := signal.getsignal(signum)) == signal.SIG_DFL or handler == ours
+    }
+    for signum in held:
+        signal.signal(signum, lambda got, _frame: received.append(got))
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        if received:
+            os.kill(os.getpid(), received[0])
 
 
 def _chain(signum: int, chained: Handler) -> Callable[[], Callable[[], None]]:
