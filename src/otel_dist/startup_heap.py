@@ -14,8 +14,9 @@ the app's lifespan startup has completed, in a server process (the lifespan runs
 thread; a test client's runs on another), garbage is collected once and everything left is
 frozen: later collections skip it, and a full one costs a few ms. Reference counting still frees
 frozen objects; only a cycle among them that becomes garbage later stays until shutdown, where
-``Telemetry.shutdown()`` unfreezes (through ``CHANGES``). An app that froze objects itself, or
-turned the collector off, manages the collector: nothing is changed then.
+``Telemetry.shutdown()`` unfreezes (through ``CHANGES``; on CPython 3.12 that includes the few
+hundred objects the interpreter froze itself). An app that froze objects itself, or turned the
+collector off, manages the collector: nothing is changed then.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from typing import Any
 from otel_dist.global_changes import CHANGES
 
 _FREEZE = ("gc freeze",)
+# What the interpreter froze by itself before any app code ran (CPython 3.12 starts with a few
+# hundred objects frozen, 3.11 and 3.13 with none): more than this means the app froze objects.
+_FROZEN_BY_THE_INTERPRETER = gc.get_freeze_count()
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -40,7 +44,7 @@ def freeze_startup_heap() -> bool:
     """Collect garbage, then freeze every object alive now; False if nothing was changed."""
 
     def make() -> Callable[[], None]:
-        if gc.get_freeze_count() or not gc.isenabled():
+        if gc.get_freeze_count() > _FROZEN_BY_THE_INTERPRETER or not gc.isenabled():
             return lambda: None  # the app manages the collector: not ours to undo either
         gc.collect()
         gc.freeze()
