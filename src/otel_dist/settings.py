@@ -74,6 +74,15 @@ class BatchSettings:
     max_export_batch_size: int
     export_timeout_ms: int
 
+    def processor_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the SDK's batch processors (fastotel's mirror them)."""
+        return {
+            "max_queue_size": self.max_queue_size,
+            "schedule_delay_millis": self.schedule_delay_ms,
+            "max_export_batch_size": self.max_export_batch_size,
+            "export_timeout_millis": self.export_timeout_ms,
+        }
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -44,7 +44,8 @@ _log = internal_logger()
 _Result = TypeVar("_Result")
 
 
-def _otlp_kwargs(otlp: OtlpSettings) -> dict[str, Any]:
+def otlp_kwargs(otlp: OtlpSettings) -> dict[str, Any]:
+    """Endpoint, headers and timeout as every OTLP exporter (and fastotel) takes them."""
     return {
         "endpoint": otlp.endpoint,
         "headers": dict(otlp.headers),
@@ -112,7 +113,7 @@ def _otlp_exporter(
         raise
     if otlp.protocol == "grpc":
         return exporter_class(
-            **_otlp_kwargs(otlp),
+            **otlp_kwargs(otlp),
             compression=_grpc_compression(otlp),
             meter_provider=meter_provider,
         )
@@ -121,7 +122,7 @@ def _otlp_exporter(
     from otel_dist.sdk.http_session import session_for  # noqa: PLC0415 (requests: HTTP only)
 
     return exporter_class(
-        **_otlp_kwargs(otlp),
+        **otlp_kwargs(otlp),
         compression=Compression(otlp.compression),
         meter_provider=meter_provider,
         session=session_for(signal),

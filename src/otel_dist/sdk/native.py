@@ -35,7 +35,7 @@ from otel_dist.global_changes import CHANGES
 from otel_dist.internal_log import internal_logger
 from otel_dist.scrub import Scrubber
 from otel_dist.sdk.export_health import ExportHealth
-from otel_dist.sdk.exporters import scrubbed_span
+from otel_dist.sdk.exporters import otlp_kwargs, scrubbed_span
 from otel_dist.settings import Settings
 
 _log = internal_logger()
@@ -67,16 +67,10 @@ def _native_processor(settings: Settings) -> Any:
     from fastotel import OTLPSpanProcessor  # noqa: PLC0415 - an optional extra
 
     otlp = settings.otlp["traces"]
-    batch = settings.bsp
     return OTLPSpanProcessor(
-        endpoint=otlp.endpoint,
-        headers=dict(otlp.headers),
-        timeout=otlp.timeout_s,
+        **otlp_kwargs(otlp),
         compression=otlp.compression,
-        max_queue_size=batch.max_queue_size,
-        schedule_delay_millis=batch.schedule_delay_ms,
-        max_export_batch_size=batch.max_export_batch_size,
-        export_timeout_millis=batch.export_timeout_ms,
+        **settings.bsp.processor_kwargs(),
     )
 
 

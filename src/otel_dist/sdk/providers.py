@@ -130,16 +130,6 @@ def build_sampler(settings: Settings) -> Sampler:
     }[settings.sampler]
 
 
-def _batch_kwargs(batch: BatchSettings) -> dict[str, Any]:
-    """The SDK batch processors' keyword arguments (spans and logs take the same ones)."""
-    return {
-        "max_queue_size": batch.max_queue_size,
-        "schedule_delay_millis": batch.schedule_delay_ms,
-        "max_export_batch_size": batch.max_export_batch_size,
-        "export_timeout_millis": batch.export_timeout_ms,
-    }
-
-
 @dataclass(frozen=True)
 class _Pipeline:
     """What every signal's pipeline shares: the resource, scrubbing and loss accounting."""
@@ -199,7 +189,7 @@ def _batch_processor(
     with _loss_counters(p.meter_provider):
         processor = processor_class(
             wrapped_export(p.settings, p.scrubber, p.health, p.meter_provider),
-            **_batch_kwargs(batch),
+            **batch.processor_kwargs(),
             meter_provider=p.meter_provider,
         )
     count_queue_drops(processor, signal, p.health)
